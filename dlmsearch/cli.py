@@ -1,0 +1,165 @@
+"""``dlmsearch`` command line: one subcommand per user verb, each a thin layer over the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
+from dlmsearch.models.loading import ModelLoadError
+from dlmsearch.models.sampler import REMASKING_STRATEGIES, SamplerSettingsError
+from dlmsearch.plan import (
+    PLAN_FORMAT,
+    PRUNE_METHODS,
+    STRUCTURES,
+    WEIGHT_STORAGES,
+    PlanValidationError,
+)
+
+#: Errors that are the user's input, shown as one message without a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (PlanValidationError, ModelLoadError, SamplerSettingsError,
+                                            FileNotFoundError, ValueError)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
+                        help=f"embedded model name or local checkpoint folder (default: {EMBEDDED_MODEL_NAME})")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a checkpoint folder's own modelling code to run")
+
+
+def _add_sampler_args(parser: argparse.ArgumentParser, steps: int = 64) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (forward passes)")
+    parser.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="semi-autoregressive block length (divides --gen-length)")
+    parser.add_argument("--remasking", choices=REMASKING_STRATEGIES, default="low_confidence")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate text with the denoising sampler."""
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.models.sampler import generate
+
+    adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    prompt = adapter.encode(args.prompt).repeat(args.num_samples, 1)
+    out = generate(adapter, prompt, gen_length=args.gen_length, steps=args.steps,
+                   block_length=args.block_length, remasking=args.remasking,
+                   temperature=args.temperature, seed=args.seed)
+    for row in out:
+        print(adapter.decode(row))
+        if args.num_samples > 1:
+            print("-" * 40)
+    return 0
+
+
+def cmd_plan_init(args: argparse.Namespace) -> int:
+    """Write a uniform Plan for a model."""
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.plan import uniform_plan
+
+    adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    plan = uniform_plan(adapter, weight_bits=args.bits, act_bits=args.act_bits, sparsity=args.sparsity,
+                        prune_method=args.prune_method, structure=args.structure,
+                        group_size=args.group_size, timestep_groups=args.timestep_groups,
+                        steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
+                        weight_storage=args.storage)
+    path = plan.save(args.output)
+    print(f"wrote {path} ({len(plan.layers)} layers, {plan.num_timestep_groups} timestep group(s))")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a Plan file (and, with --model, that it fits the model); print every problem."""
+    from dlmsearch.plan import load_plan
+
+    path = Path(args.file)
+    try:
+        header = json.loads(path.read_text()).get("format") if path.suffix == ".json" else None
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        header = None
+    if path.suffix == ".json" and header not in (PLAN_FORMAT, None):
+        raise ValueError(f"{path}: format={header!r} is not a file dlmsearch validates; allowed: {PLAN_FORMAT!r}")
+    plan = load_plan(path)
+    if args.model:
+        from dlmsearch.models.loading import load_model
+
+        plan.validate_for(load_model(args.model, trust_remote_code=args.trust_remote_code))
+    print(f"{path}: valid Plan ({len(plan.layers)} layers, {plan.num_timestep_groups} timestep group(s))")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the quickstart on the embedded model and print where its report is."""
+    from dlmsearch.demo import run_sampler_demo
+
+    report = run_sampler_demo(Path(args.out))
+    print(f"report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="dlmsearch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="generate text with a (compressed) DLM")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", default="", help="text the answer follows")
+    gen.add_argument("--num-samples", type=int, default=1)
+    _add_sampler_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    plan = sub.add_parser("plan", help="write Plans")
+    plan_sub = plan.add_subparsers(dest="plan_command", required=True, metavar="PLAN_COMMAND")
+    init = plan_sub.add_parser("init", help="write a uniform Plan for a model")
+    _add_model_args(init)
+    init.add_argument("--bits", type=int, default=16, help="weight bits for every layer and timestep")
+    init.add_argument("--act-bits", type=int, default=16, help="activation bits (16 = not quantized)")
+    init.add_argument("--sparsity", type=float, default=0.0, help="fraction of weights pruned")
+    init.add_argument("--prune-method", choices=PRUNE_METHODS, default="wanda")
+    init.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    init.add_argument("--group-size", type=int, default=None, help="quantization group (0 = per channel)")
+    init.add_argument("--timestep-groups", type=int, default=1)
+    init.add_argument("--storage", choices=WEIGHT_STORAGES, default="nested")
+    init.add_argument("--steps", type=int, default=64)
+    init.add_argument("--gen-length", type=int, default=64)
+    init.add_argument("--block-length", type=int, default=None)
+    init.add_argument("-o", "--output", required=True, help="Plan JSON to write")
+    init.set_defaults(func=cmd_plan_init)
+
+    val = sub.add_parser("validate", help="check a Plan file and print every problem")
+    val.add_argument("file")
+    val.add_argument("--model", default=None, help="also check the Plan against this model")
+    val.add_argument("--trust-remote-code", action="store_true")
+    val.set_defaults(func=cmd_validate)
+
+    demo = sub.add_parser("demo", help="the quickstart on the embedded model")
+    demo.add_argument("--out", default="runs/demo", help="folder for the report")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dlmsearch`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

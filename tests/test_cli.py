@@ -1,0 +1,58 @@
+"""The command line: subcommands exist, user errors are one clear line, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlmsearch.cli import main
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("generate", "plan", "validate", "demo"):
+        assert command in out
+
+
+def test_plan_init_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    assert main(["plan", "init", "--bits", "4", "--sparsity", "0.5", "--timestep-groups", "3",
+                 "-o", str(plan_path)]) == 0
+    data = json.loads(plan_path.read_text())
+    assert len(data["layers"]) == 42 and data["timestep_groups"] == [0.333333, 0.666667]
+    assert main(["validate", str(plan_path), "--model", "shakespeare-char"]) == 0
+    assert "valid Plan (42 layers, 3 timestep group(s))" in capsys.readouterr().out
+
+
+def test_validate_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    main(["plan", "init", "--bits", "4", "-o", str(plan_path)])
+    data = json.loads(plan_path.read_text())
+    data["layers"]["model.layers.0.mlp.up_proj"]["weight_bits"] = [5]
+    data["sampler"]["steps"] = 0
+    plan_path.write_text(json.dumps(data))
+    assert main(["validate", str(plan_path)]) == 2
+    err = capsys.readouterr().err
+    assert "2 invalid field(s)" in err and "weight_bits[0]: 5" in err and "sampler.steps: 0" in err
+    assert "Traceback" not in err
+
+
+def test_generate_prints_a_sample(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--prompt", "ROMEO.", "--steps", "8", "--gen-length", "16",
+                 "--block-length", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO.") and len(out.splitlines()[0]) >= 6
+
+
+def test_generate_rejects_bad_sampler_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--steps", "7", "--gen-length", "64", "--block-length", "32"]) == 2
+    assert "steps=7: must be a multiple of the number of blocks" in capsys.readouterr().err
+
+
+def test_unknown_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--model", "/nonexistent/llada"]) == 2
+    assert "neither an embedded model" in capsys.readouterr().err
