@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
 from dlmsearch.models.loading import ModelLoadError
@@ -32,14 +33,30 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="allow a checkpoint folder's own modelling code to run")
 
 
-def _add_sampler_args(parser: argparse.ArgumentParser, steps: int = 64) -> None:
-    parser.add_argument("--steps", type=int, default=steps, help="denoising steps (forward passes)")
-    parser.add_argument("--gen-length", type=int, default=64, help="tokens to generate")
-    parser.add_argument("--block-length", type=int, default=32,
-                        help="semi-autoregressive block length (divides --gen-length)")
-    parser.add_argument("--remasking", choices=REMASKING_STRATEGIES, default="low_confidence")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+#: Sampler defaults when neither the command line nor a compressed model's Plan sets them.
+SAMPLER_DEFAULTS = {"steps": 64, "gen_length": 64, "block_length": 32, "remasking": "low_confidence",
+                    "temperature": 0.0}
+
+
+def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    note = "default: the compressed model's Plan, else {}"
+    parser.add_argument("--steps", type=int, help="denoising steps, " + note.format(SAMPLER_DEFAULTS["steps"]))
+    parser.add_argument("--gen-length", type=int, help="tokens to generate, "
+                        + note.format(SAMPLER_DEFAULTS["gen_length"]))
+    parser.add_argument("--block-length", type=int, help="semi-autoregressive block length, "
+                        + note.format(SAMPLER_DEFAULTS["block_length"]))
+    parser.add_argument("--remasking", choices=REMASKING_STRATEGIES, help="default: the Plan's, else low_confidence")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the Plan's, else 0)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _sampler_settings(args: argparse.Namespace, plan_sampler: Any) -> dict[str, Any]:
+    """Explicit flags win, then the compressed model's Plan, then :data:`SAMPLER_DEFAULTS`."""
+    settings = dict(SAMPLER_DEFAULTS)
+    if plan_sampler is not None:
+        settings.update({key: getattr(plan_sampler, key) for key in SAMPLER_DEFAULTS})
+    settings.update({key: getattr(args, key) for key in SAMPLER_DEFAULTS if getattr(args, key) is not None})
+    return settings
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -48,10 +65,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dlmsearch.models.sampler import generate
 
     adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    record = adapter.compression
+    settings = _sampler_settings(args, record.plan.sampler if record is not None else None)
     prompt = adapter.encode(args.prompt).repeat(args.num_samples, 1)
-    out = generate(adapter, prompt, gen_length=args.gen_length, steps=args.steps,
-                   block_length=args.block_length, remasking=args.remasking,
-                   temperature=args.temperature, seed=args.seed)
+    out = generate(adapter, prompt, seed=args.seed, **settings)
     for row in out:
         print(adapter.decode(row))
         if args.num_samples > 1:
@@ -92,6 +109,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         plan.validate_for(load_model(args.model, trust_remote_code=args.trust_remote_code))
     print(f"{path}: valid Plan ({len(plan.layers)} layers, {plan.num_timestep_groups} timestep group(s))")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Apply a Plan to a model and save the compressed model."""
+    from dlmsearch.compress import CalibrationSet, apply_plan_, save_compressed
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.plan import load_plan
+
+    plan = load_plan(args.plan)
+    adapter = load_model(args.model or plan.model.name, trust_remote_code=args.trust_remote_code)
+    calibration = CalibrationSet.from_split(adapter, n_sequences=args.calibration_sequences, seed=args.seed)
+    record = apply_plan_(adapter, plan, calibration)
+    out = save_compressed(adapter, args.out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.2f} MiB; {len(record.quantized)} quantized linears)")
+    return 0
+
+
+def cmd_sinks(args: argparse.Namespace) -> int:
+    """Compute attention-sink statistics and write their plotly report."""
+    from dlmsearch.reports.sinks import run_sinks
+
+    path = run_sinks(args.model, Path(args.out), n_sequences=args.sequences, seq_len=args.seq_len, seed=args.seed)
+    print(f"report: {path}")
     return 0
 
 
@@ -140,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--model", default=None, help="also check the Plan against this model")
     val.add_argument("--trust-remote-code", action="store_true")
     val.set_defaults(func=cmd_validate)
+
+    apply = sub.add_parser("apply", help="apply a Plan to a model and save the compressed model")
+    apply.add_argument("plan", help="Plan JSON file")
+    apply.add_argument("--model", default=None, help="model name or folder (default: the one the Plan names)")
+    apply.add_argument("--trust-remote-code", action="store_true")
+    apply.add_argument("--out", required=True, help="folder to write the compressed model to")
+    apply.add_argument("--calibration-sequences", type=int, default=32,
+                       help="calibration windows for Wanda / sink-aware Wanda / GPTQ")
+    apply.add_argument("--seed", type=int, default=0)
+    apply.set_defaults(func=cmd_apply)
+
+    sinks = sub.add_parser("sinks", help="attention-sink statistics of a model, as an HTML report")
+    sinks.add_argument("--model", default=EMBEDDED_MODEL_NAME)
+    sinks.add_argument("--out", default="sinks.html", help="HTML file to write")
+    sinks.add_argument("--sequences", type=int, default=16, help="calibration windows")
+    sinks.add_argument("--seq-len", type=int, default=None, help="window length (default: up to 128)")
+    sinks.add_argument("--seed", type=int, default=0)
+    sinks.set_defaults(func=cmd_sinks)
 
     demo = sub.add_parser("demo", help="the quickstart on the embedded model")
     demo.add_argument("--out", default="runs/demo", help="folder for the report")

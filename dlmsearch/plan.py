@@ -36,6 +36,7 @@ PLAN_VERSION = 1
 WEIGHT_BITS: tuple[int, ...] = (2, 3, 4, 8, 16)
 ACT_BITS: tuple[int, ...] = (4, 8, 16)
 PRUNE_METHODS: tuple[str, ...] = ("magnitude", "wanda", "sink_wanda")
+QUANT_METHODS: tuple[str, ...] = ("rtn", "gptq")
 STRUCTURES: tuple[str, ...] = ("unstructured", "2:4", "heads", "channels")
 WEIGHT_STORAGES: tuple[str, ...] = ("nested", "copies")
 GROUP_SIZES: tuple[int, ...] = (0, 32, 64, 128, 256)
@@ -89,6 +90,7 @@ class LayerPlan:
     prune_method: str = "wanda"
     structure: str = "unstructured"
     group_size: int = 64  # divides every hidden size that is a multiple of 64 (LLaDA, Dream, ours)
+    quant_method: str = "rtn"  # "gptq" compensates rounding error with calibration data
 
     @property
     def is_dense(self) -> bool:
@@ -180,6 +182,8 @@ class Plan:
                 issues.append(PlanIssue(f"{path}.structure", layer.structure,
                                         f"'{layer.structure}' prunes {'/'.join(sorted(roles))} linears; "
                                         f"this one is '{info.role}'"))
+            elif roles is not None:
+                issues.extend(_check_block_unit(self, name, layer, info.block, roles, linears))
             if layer.group_size and info.in_features % layer.group_size:
                 issues.append(PlanIssue(f"{path}.group_size", layer.group_size,
                                         f"0 or a divisor of in_features={info.in_features}"))
@@ -190,6 +194,20 @@ class Plan:
         issues = self.check_against(adapter)
         if issues:
             raise PlanValidationError(issues, f"plan for {adapter.name or 'model'}")
+
+
+def _check_block_unit(plan: Plan, name: str, layer: LayerPlan, block: int, roles: frozenset[str],
+                      linears: Mapping[str, Any]) -> list[PlanIssue]:
+    """Structured pruning removes heads / channels from every linear of the unit at once, so the
+    unit's linears must all say the same structure and ratio."""
+    partners = [info.name for info in linears.values() if info.block == block and info.role in roles]
+    for partner in partners:
+        other = plan.layers.get(partner)
+        if other is None or other.structure != layer.structure or other.sparsity != layer.sparsity:
+            return [PlanIssue(f"layers.{name}.structure", layer.structure,
+                              f"'{layer.structure}' with sparsity {layer.sparsity} on every one of "
+                              f"{', '.join(sorted(partners))} (they are pruned together)")]
+    return []
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -299,6 +317,8 @@ def _check_layer(path: str, layer: LayerPlan, groups: int) -> list[PlanIssue]:
         issues.append(PlanIssue(f"{path}.structure", layer.structure, _allowed(STRUCTURES)))
     elif layer.structure == "2:4" and layer.sparsity not in (0, 0.5):
         issues.append(PlanIssue(f"{path}.sparsity", layer.sparsity, "0 or 0.5 with structure '2:4'"))
+    if layer.quant_method not in QUANT_METHODS:
+        issues.append(PlanIssue(f"{path}.quant_method", layer.quant_method, _allowed(QUANT_METHODS)))
     if layer.group_size not in GROUP_SIZES or not _is_int(layer.group_size):
         issues.append(PlanIssue(f"{path}.group_size", layer.group_size,
                                 _allowed(GROUP_SIZES) + " (0 = per output channel)"))

@@ -56,3 +56,22 @@ def test_generate_rejects_bad_sampler_settings(capsys: pytest.CaptureFixture[str
 def test_unknown_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--model", "/nonexistent/llada"]) == 2
     assert "neither an embedded model" in capsys.readouterr().err
+
+
+def test_apply_then_generate_with_the_plans_sampler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    main(["plan", "init", "--bits", "4", "--sparsity", "0.3", "--prune-method", "sink_wanda", "--steps", "8",
+          "--gen-length", "16", "--block-length", "8", "-o", str(plan_path)])
+    out = tmp_path / "compressed"
+    assert main(["apply", str(plan_path), "--out", str(out), "--calibration-sequences", "2"]) == 0
+    assert "42 quantized linears" in capsys.readouterr().out
+    assert main(["generate", "--model", str(out), "--prompt", "ROMEO."]) == 0
+    sample = capsys.readouterr().out.splitlines()[0]
+    assert sample.startswith("ROMEO.") and len(sample) == 6 + 16  # gen_length from the Plan
+
+
+def test_sinks_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "sinks.html"
+    assert main(["sinks", "--out", str(report), "--sequences", "2", "--seq-len", "32"]) == 0
+    html = report.read_text()
+    assert "plotly" in html.lower() and "<html" in html.lower()

@@ -145,3 +145,13 @@ def test_unreadable_files_are_explained(tmp_path: Path, content: bytes, expected
     with pytest.raises(PlanValidationError, match=expected) as info:
         load_plan(path)
     assert str(path) in str(info.value)
+
+
+def test_structured_units_must_agree(tiny_llama: DLMAdapter) -> None:
+    data = uniform_plan(tiny_llama).to_dict()
+    for role in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        data["layers"][f"model.layers.0.self_attn.{role}"].update(structure="heads", sparsity=0.5)
+    assert Plan.from_dict(data).check_against(tiny_llama) == []
+    data["layers"]["model.layers.0.self_attn.v_proj"]["sparsity"] = 0.25
+    issues = Plan.from_dict(data).check_against(tiny_llama)
+    assert issues and "pruned together" in issues[0].allowed

@@ -88,6 +88,8 @@ class DLMAdapter(ABC):
         self.tokenizer = tokenizer
         self.name = name
         self._capture: AttentionCapture | None = None
+        #: What apply_plan_ did to the model (a CompressionRecord), None while it is uncompressed.
+        self.compression: Any = None
 
     @property
     @abstractmethod

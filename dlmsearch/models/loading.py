@@ -88,6 +88,10 @@ def load_model(name_or_path: str | Path = EMBEDDED_MODEL_NAME, dtype: torch.dtyp
     """
     transformers_logging.disable_progress_bar()
     folder = resolve_model_dir(name_or_path)
+    from dlmsearch.compress.persist import is_compressed_folder, load_compressed  # compress builds on models
+
+    if is_compressed_folder(folder):
+        return load_compressed(folder, trust_remote_code=trust_remote_code)
     config = json.loads((folder / "config.json").read_text())
     model_type = config.get("model_type")
     tokenizer = load_tokenizer(folder)

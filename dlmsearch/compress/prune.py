@@ -1,0 +1,145 @@
+"""Unstructured and 2:4 weight pruning of linear layers: magnitude, Wanda and sink-aware Wanda.
+
+Every method scores each weight and zeroes the lowest-scoring ones *per output row* (Wanda's
+comparison group), without updating the remaining weights:
+
+- ``magnitude``: ``|W_ij|``.
+- ``wanda`` (arXiv 2306.11695): ``|W_ij| * ||X_j||_2``, ``X_j`` the j-th input column over the
+  calibration tokens.
+- ``sink_wanda`` (Sink-Aware Pruning, arXiv 2602.17664): Wanda's score with ``||X_j||_2`` taken over
+  activations multiplied per token by ``1 - soft sink mask``, so tokens that act as (moving)
+  attention sinks in a masked state count less. Statistics come from
+  ``collect_input_statistics(adapter, calib, token_weights=sink_token_weights(adapter, calib))``.
+
+Structures: ``unstructured`` prunes ``round(sparsity * in_features)`` weights of every row;
+``2:4`` keeps exactly 2 of every 4 consecutive input weights of every row (sparsity 0.5).
+Statistics are taken once on the dense model, as in the paper's sink-aware implementation
+(Wanda's reference code instead re-collects the inputs block by block after pruning).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from dlmsearch.compress.calibration import CalibrationSet, LinearInputStats, collect_input_statistics
+from dlmsearch.compress.sinks import DEFAULT_ALPHA, DEFAULT_K, sink_token_weights
+from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.plan import PRUNE_METHODS
+
+logger = logging.getLogger("dlmsearch.compress.prune")
+
+#: Structures this module prunes (``heads`` and ``channels`` live in :mod:`dlmsearch.compress.structured`).
+WEIGHT_STRUCTURES: tuple[str, ...] = ("unstructured", "2:4")
+#: Methods that read activation statistics.
+STATS_METHODS = frozenset({"wanda", "sink_wanda"})
+
+
+class MissingStatisticsError(ValueError):
+    """A pruning method that needs calibration statistics got none (or the wrong kind)."""
+
+
+def pruning_scores(weight: torch.Tensor, method: str, stats: LinearInputStats | None = None) -> torch.Tensor:
+    """Importance of every weight (out, in) under ``method``; higher means keep."""
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"prune method {method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
+    magnitude = weight.detach().abs().float()
+    if method == "magnitude":
+        return magnitude
+    norms = _checked_stats(method, stats).col_norms.to(device=weight.device, dtype=torch.float32)
+    if norms.numel() != weight.shape[1]:
+        raise ValueError(f"statistics cover {norms.numel()} input columns; the weight has {weight.shape[1]}")
+    return magnitude * norms[None, :]
+
+
+def _checked_stats(method: str, stats: LinearInputStats | None) -> LinearInputStats:
+    """``stats`` if they fit ``method``; a clear error otherwise."""
+    if stats is None:
+        raise MissingStatisticsError(f"prune method {method!r} needs calibration statistics of the layer's inputs: "
+                                     f"pass stats=pruning_statistics(adapter, calib, {method!r})[name]")
+    if method == "sink_wanda" and not stats.token_weighted:
+        raise MissingStatisticsError("sink_wanda needs sink-weighted statistics (collect_input_statistics with "
+                                     "token_weights=sink_token_weights(...)); got unweighted ones")
+    if method == "wanda" and stats.token_weighted:
+        raise MissingStatisticsError("wanda needs unweighted statistics; these were collected with token "
+                                     "weights (use method 'sink_wanda' for them)")
+    return stats
+
+
+def keep_mask(scores: torch.Tensor, sparsity: float, structure: str = "unstructured") -> torch.Tensor:
+    """Boolean mask (out, in) of the weights to keep: the highest scores of every row.
+
+    ``unstructured`` drops the ``round(sparsity * in)`` lowest scores of each row; ``2:4`` keeps
+    the 2 highest of every group of 4 consecutive inputs (``sparsity`` must be 0.5). Ties break
+    by position (stable sort), so the count is always exact.
+    """
+    rows, cols = scores.shape
+    if structure == "2:4":
+        if sparsity != 0.5:
+            raise ValueError(f"2:4 sparsity is 0.5 by definition; got sparsity={sparsity}")
+        if cols % 4:
+            raise ValueError(f"2:4 pruning needs in_features divisible by 4; got {cols}")
+        groups = scores.reshape(rows, cols // 4, 4)
+        order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
+        kept = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order[..., :2], True)
+        return kept.reshape(rows, cols)
+    if structure != "unstructured":
+        raise ValueError(f"structure {structure!r} is not a weight structure; allowed: {', '.join(WEIGHT_STRUCTURES)} "
+                         "(heads and channels: dlmsearch.compress.structured)")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity={sparsity}: must be in [0, 1)")
+    n_prune = round(sparsity * cols)
+    order = torch.sort(scores, dim=1, stable=True).indices
+    kept = torch.ones_like(scores, dtype=torch.bool)
+    kept.scatter_(1, order[:, :n_prune], False)
+    return kept
+
+
+@torch.no_grad()
+def prune_linear_(linear: nn.Module, sparsity: float, method: str, structure: str = "unstructured",
+                  stats: LinearInputStats | None = None) -> torch.Tensor:
+    """Zero the lowest-scoring weights of ``linear`` in place; return the boolean keep-mask (out, in)."""
+    weight = getattr(linear, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise TypeError(f"{type(linear).__name__} has no dense 2-D weight to prune (prune before quantizing)")
+    mask = keep_mask(pruning_scores(weight, method, stats), sparsity, structure)
+    weight.mul_(mask.to(weight.dtype))
+    return mask
+
+
+def pruning_statistics(adapter: DLMAdapter, calib: CalibrationSet, method: str, k: float = DEFAULT_K,
+                       alpha: float = DEFAULT_ALPHA,
+                       names: Sequence[str] | None = None) -> dict[str, LinearInputStats] | None:
+    """The calibration ``method`` needs: None for magnitude, input statistics for Wanda, and for
+    ``sink_wanda`` input statistics of sink-down-weighted activations (soft mask with ``k``, ``alpha``)."""
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"prune method {method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
+    if method == "magnitude":
+        return None
+    weights = sink_token_weights(adapter, calib, k, alpha) if method == "sink_wanda" else None
+    return collect_input_statistics(adapter, calib, token_weights=weights, names=names)
+
+
+@torch.no_grad()
+def prune_model_(adapter: DLMAdapter, sparsity: float, method: str, structure: str = "unstructured",
+                 stats: Mapping[str, LinearInputStats] | None = None,
+                 names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Prune every compressible linear (or those in ``names``) in place; return the keep-masks by name.
+
+    ``stats`` comes from :func:`pruning_statistics` (required for ``wanda`` and ``sink_wanda``).
+    """
+    targets = list(names) if names is not None else [info.name for info in adapter.linears()]
+    if method in STATS_METHODS:
+        missing = [name for name in targets if stats is None or name not in stats]
+        if missing:
+            raise MissingStatisticsError(f"{method} needs statistics for {len(missing)} linear(s), e.g. "
+                                         f"{missing[0]!r}: pass stats=pruning_statistics(adapter, calib, {method!r})")
+    masks = {}
+    for name in targets:
+        layer_stats = stats.get(name) if stats is not None else None
+        masks[name] = prune_linear_(adapter.get_module(name), sparsity, method, structure, layer_stats)
+    logger.info("pruned %d linears: method=%s structure=%s sparsity=%.2f", len(masks), method, structure, sparsity)
+    return masks
