@@ -1,12 +1,13 @@
 """Apply a Plan: quantize, prune (sink-aware), sink statistics, apply_plan_, save / load."""
 
-from dlmsearch.compress.apply import CompressionRecord, apply_plan_
+from dlmsearch.compress.apply import CalibrationStatistics, CompressionRecord, apply_plan_
 from dlmsearch.compress.calibration import CalibrationSet, collect_input_statistics
 from dlmsearch.compress.persist import is_compressed_folder, load_compressed, save_compressed
 from dlmsearch.compress.quantized_linear import QuantConfig, QuantizedLinear, force_timestep_group
 
 __all__ = [
     "CalibrationSet",
+    "CalibrationStatistics",
     "CompressionRecord",
     "QuantConfig",
     "QuantizedLinear",

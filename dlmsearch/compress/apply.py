@@ -18,7 +18,7 @@ model exactly as it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,15 +160,41 @@ def _replacement(linear: nn.Linear, weight: torch.Tensor, lp: LayerPlan, plan: P
     return QuantizedLinear.from_linear(source, config, hessian=hessian, use_kernels=use_kernels)
 
 
-def _calibration_statistics(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None
-                            ) -> tuple[dict[str, dict[str, LinearInputStats] | None], dict[str, LinearInputStats]]:
+@dataclass
+class CalibrationStatistics:
+    """Dense-model statistics that pruning and GPTQ read: per pruning method, and Hessians per layer.
+
+    They depend on the model and the calibration data, not on the Plan, so an evaluator that
+    applies many Plans computes them once (:meth:`compute`) and passes them to every
+    :func:`apply_plan_` call.
+    """
+
+    by_method: dict[str, dict[str, LinearInputStats] | None] = field(default_factory=dict)
+    hessians: dict[str, LinearInputStats] = field(default_factory=dict)
+
+    @classmethod
+    def compute(cls, adapter: DLMAdapter, calibration: CalibrationSet, methods: Iterable[str] = (),
+                hessian_layers: Iterable[str] = ()) -> CalibrationStatistics:
+        """Statistics for the given pruning ``methods`` and GPTQ ``hessian_layers`` of ``adapter``."""
+        by_method = {method: pruning_statistics(adapter, calibration, method) for method in sorted(set(methods))}
+        layers = sorted(set(hessian_layers))
+        hessians = collect_input_statistics(adapter, calibration, hessian=True, names=layers) if layers else {}
+        return cls(by_method, hessians)
+
+    def covers(self, plan: Plan) -> bool:
+        """True when nothing ``plan`` needs is missing."""
+        methods, gptq = _needs_calibration(plan)
+        return methods <= set(self.by_method) and gptq <= set(self.hessians)
+
+
+def _calibration_statistics(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None,
+                            statistics: CalibrationStatistics | None) -> CalibrationStatistics:
+    if statistics is not None and statistics.covers(plan):
+        return statistics
     methods, gptq = _needs_calibration(plan)
     if not methods and not gptq:
-        return {}, {}
-    calib = calibration or CalibrationSet.from_split(adapter)
-    by_method = {method: pruning_statistics(adapter, calib, method) for method in sorted(methods)}
-    hessians = collect_input_statistics(adapter, calib, hessian=True, names=sorted(gptq)) if gptq else {}
-    return by_method, hessians
+        return CalibrationStatistics()
+    return CalibrationStatistics.compute(adapter, calibration or CalibrationSet.from_split(adapter), methods, gptq)
 
 
 def _structure_stats(by_method: Mapping[str, dict[str, LinearInputStats] | None], plan: Plan
@@ -196,14 +222,16 @@ def default_use_kernels(device: torch.device) -> bool:
 
 
 def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None = None,
-                use_kernels: bool | None = None) -> CompressionRecord:
+                use_kernels: bool | None = None, statistics: CalibrationStatistics | None = None
+                ) -> CompressionRecord:
     """Compress ``adapter``'s model in place as ``plan`` says; return what was done.
 
     Validates the Plan against the model first (:class:`~dlmsearch.plan.PlanValidationError`
     listing every mismatch). ``calibration`` feeds Wanda, sink-aware Wanda and GPTQ; by default
     the calibration plays of the shipped corpus are used. ``use_kernels`` chooses real low-bit
     kernels over dequantize-then-matmul (default: :func:`default_use_kernels` for the model's
-    device); each quantized layer reports which one it runs. On any error the model is left exactly
+    device); each quantized layer reports which one it runs. ``statistics`` precomputed on this
+    (dense) model are used when they cover the Plan. On any error the model is left exactly
     as it was. The record is also kept as ``adapter.compression`` for :func:`save_compressed`.
     """
     plan.validate_for(adapter)
@@ -213,7 +241,8 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     if use_kernels is None:
         use_kernels = default_use_kernels(adapter.device)
     infos = {info.name: info for info in adapter.linears()}
-    by_method, hessian_stats = _calibration_statistics(adapter, plan, calibration)
+    stats_all = _calibration_statistics(adapter, plan, calibration, statistics)
+    by_method, hessian_stats = stats_all.by_method, stats_all.hessians
     snapshot = _ModuleSnapshot(dict(_touched_modules(adapter, plan)))
     try:
         with torch.no_grad():

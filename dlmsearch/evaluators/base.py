@@ -1,0 +1,53 @@
+"""The evaluator protocol: ``evaluate(plan, fidelity) -> QualityResult``."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from dlmsearch.plan import Plan
+
+FIDELITIES: tuple[str, ...] = ("low", "full")
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """Quality of one Plan: ``score`` is what the search minimises (lower is better, 0 = the dense model).
+
+    ``metrics`` holds the named parts of the score and diagnostics, all floats; ``fidelity`` says
+    which budget produced it.
+    """
+
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    fidelity: str = "full"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.score):
+            raise ValueError(f"quality score is {self.score}; an evaluator must return a finite number")
+
+
+class BaseEvaluator(ABC):
+    """Scores the quality of Plans for one model.
+
+    Protocol:
+
+    - ``evaluate(plan, fidelity)`` never changes the evaluator's model: it compresses a copy.
+    - Deterministic: the same Plan and fidelity give the same score bit for bit in one process
+      (fixed seeds for every mask draw and generation), and within 1e-6 in a fresh one.
+    - ``fidelity="low"`` is much cheaper and ranks Plans like ``"full"``; the search uses it to
+      drop clearly bad Plans early.
+    - Units: scores are in nats per token (KL or NLL gaps); lower is better.
+    """
+
+    @abstractmethod
+    def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
+        """Quality of ``plan`` at ``fidelity`` (one of :data:`FIDELITIES`)."""
+
+
+def check_fidelity(fidelity: str) -> str:
+    """``fidelity`` if it is known, else a ValueError naming the allowed values."""
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"fidelity={fidelity!r}; allowed: {', '.join(FIDELITIES)}")
+    return fidelity

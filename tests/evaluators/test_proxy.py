@@ -1,0 +1,97 @@
+"""The proxy evaluator: zero for the dense model, monotone in damage, deterministic, cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlmsearch.compress import CalibrationSet
+from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
+from dlmsearch.evaluators import reference as reference_module
+from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.models.loading import build_random_model
+from dlmsearch.plan import Plan, uniform_plan
+
+SETTINGS = ProxySettings(windows=6, window_length=32, repeats=2, low_fidelity_windows=2, trajectory_prompts=2,
+                         prompt_length=8)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLMSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def _model() -> DLMAdapter:
+    return build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
+
+
+def _evaluator(adapter: DLMAdapter) -> ProxyEvaluator:
+    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
+    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    return ProxyEvaluator(adapter, SETTINGS, text_ids=ids, calibration=calib)
+
+
+def _plan(adapter: DLMAdapter, **knobs: object) -> Plan:
+    return uniform_plan(adapter, gen_length=8, block_length=8, **{"steps": 8, **knobs})  # type: ignore[arg-type]
+
+
+def test_dense_plan_scores_zero_and_damage_costs() -> None:
+    adapter = _model()
+    evaluator = _evaluator(adapter)
+    dense = evaluator.evaluate(_plan(adapter))
+    assert dense.score == 0.0 and dense.metrics["trajectory_agreement"] == 1.0
+    w8 = evaluator.evaluate(_plan(adapter, weight_bits=8)).metrics["kl"]
+    w2 = evaluator.evaluate(_plan(adapter, weight_bits=2)).metrics["kl"]
+    assert 0 < w8 < w2
+    assert evaluator.evaluate(_plan(adapter, sparsity=0.5, prune_method="wanda")).metrics["kl"] > 0
+
+
+def test_scores_are_deterministic_and_the_dense_model_is_untouched() -> None:
+    adapter = _model()
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    evaluator = _evaluator(adapter)
+    plan = _plan(adapter, weight_bits=4, sparsity=0.3, prune_method="sink_wanda", steps=4)
+    first = evaluator.evaluate(plan)
+    assert evaluator.evaluate(plan) == first
+    assert isinstance(first, QualityResult) and first.fidelity == "full"
+    assert all(torch.equal(v, before[k]) for k, v in adapter.model.state_dict().items())
+
+
+def test_per_timestep_bits_are_scored_per_group() -> None:
+    adapter = _model()
+    evaluator = _evaluator(adapter)
+    early_low = _plan(adapter, timestep_groups=2)
+    data = early_low.to_dict()
+    for layer in data["layers"].values():
+        layer["weight_bits"] = [2, 16]
+    mixed = evaluator.evaluate(Plan.from_dict(data)).metrics["kl"]
+    all_low = evaluator.evaluate(_plan(adapter, weight_bits=2, timestep_groups=2)).metrics["kl"]
+    assert 0 < mixed < all_low
+
+
+def test_reference_outputs_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = _model()
+    _evaluator(adapter)
+    calls = {"n": 0}
+    real = reference_module.cached_tensors
+
+    def counting(kind: str, key: str, compute: object) -> dict[str, torch.Tensor]:
+        def wrapped() -> dict[str, torch.Tensor]:
+            calls["n"] += 1
+            return compute()  # type: ignore[operator]
+        return real(kind, key, wrapped)
+
+    monkeypatch.setattr("dlmsearch.evaluators.proxy.cached_tensors", counting)
+    _evaluator(adapter)
+    assert calls["n"] == 0  # the second evaluator reads the first one's reference
+
+
+def test_low_fidelity_and_bad_fidelity() -> None:
+    adapter = _model()
+    evaluator = _evaluator(adapter)
+    low = evaluator.evaluate(_plan(adapter, weight_bits=2), fidelity="low")
+    assert low.fidelity == "low" and low.score > 0
+    with pytest.raises(ValueError, match="fidelity='medium'; allowed: low, full"):
+        evaluator.evaluate(_plan(adapter), fidelity="medium")
