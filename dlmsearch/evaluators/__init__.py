@@ -1,6 +1,8 @@
-"""Quality of Plans: the fast proxy (cached dense reference) behind the search."""
+"""Quality of Plans: the fast proxy (cached dense reference) and the generation-based full evaluator."""
 
 from dlmsearch.evaluators.base import FIDELITIES, BaseEvaluator, QualityResult
+from dlmsearch.evaluators.full import FullEvaluator, FullSettings
 from dlmsearch.evaluators.proxy import ProxyEvaluator, ProxySettings
 
-__all__ = ["FIDELITIES", "BaseEvaluator", "ProxyEvaluator", "ProxySettings", "QualityResult"]
+__all__ = ["FIDELITIES", "BaseEvaluator", "FullEvaluator", "FullSettings", "ProxyEvaluator", "ProxySettings",
+           "QualityResult"]

@@ -149,14 +149,29 @@ attention mask. {card['parameters']:,} parameters, stored as fp16 safetensors.
 ## Reproduce
 
     {card['command']}
-
+{_previous_runs(card)}
 torch {card['torch']}, transformers {card['transformers']}.
 """
 
 
+def _previous_runs(card: dict[str, Any]) -> str:
+    """Markdown lines naming the runs this one continued (``--init-from``), oldest last."""
+    lines = []
+    previous = card.get("previous")
+    while previous:
+        lines.append(f"continuing a run of {previous['steps_done']:,} steps "
+                     f"(validation NELBO {previous['val_nelbo']:.4f}) made with\n\n    {previous['command']}\n")
+        previous = previous.get("previous")
+    return "\n".join(lines)
+
+
 def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, init_from: Path | None = None) -> dict[str, Any]:
     """Run (or resume) training, writing checkpoints to ``out``; returns the training record.
+
+    ``init_from`` starts from the weights of a model folder written by this script (a new
+    schedule on top of a finished run, e.g. to train the shipped model further); the record
+    keeps the earlier run's card under ``previous``.
 
     ``stop_after`` ends the run after that many steps with a resumable checkpoint, so a long
     schedule can be split across sessions; resuming gives the same weights as one run.
@@ -196,6 +211,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / TRAIN_STATE_FILE
     start_step = 0
+    if init_from is not None:
+        model.load_state_dict(_folder_weights(init_from))
+        card["previous"] = json.loads((init_from / "training.json").read_text())
+        logger.info("initialised from %s", init_from)
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True)
         model.load_state_dict(state["model"])
@@ -254,6 +273,13 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
     return card
 
 
+def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of a model folder written by :func:`write_model_folder`."""
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+
+
 def load_split_names(split: str) -> tuple[str, ...]:
     """Names of a split's texts (kept here so the card records them)."""
     from dlmsearch.data import split_names
@@ -267,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from the weights of a model folder written by this script")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps with a resumable checkpoint")
     defaults = TrainConfig()
@@ -279,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    card = train(cfg, args.out, resume=args.resume, threads=args.threads, stop_after=args.stop_after)
+    card = train(cfg, args.out, resume=args.resume, threads=args.threads, stop_after=args.stop_after,
+                 init_from=args.init_from)
     print(f"validation NELBO: {card['val_nelbo']:.4f}  evaluation NELBO: {card.get('eval_nelbo', float('nan')):.4f}")
     return 0
 

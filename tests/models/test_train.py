@@ -40,3 +40,10 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(9, cfg) == 1.0
     assert abs(learning_rate(100, cfg) - 0.1) < 1e-9
     assert learning_rate(50, cfg) < learning_rate(20, cfg)
+
+
+def test_training_can_continue_from_a_finished_model(tmp_path: Path) -> None:
+    train(TINY, tmp_path / "first")
+    card = train(TINY, tmp_path / "second", init_from=tmp_path / "first")
+    assert card["previous"]["steps_done"] == 4
+    assert "continuing a run of 4 steps" in (tmp_path / "second" / "MODEL_CARD.md").read_text()
