@@ -3,6 +3,7 @@
 from dlmsearch.evaluators.base import FIDELITIES, BaseEvaluator, QualityResult
 from dlmsearch.evaluators.full import FullEvaluator, FullSettings
 from dlmsearch.evaluators.proxy import ProxyEvaluator, ProxySettings
+from dlmsearch.evaluators.sensitivity import SensitivityTable, sensitivity_table
 
 __all__ = ["FIDELITIES", "BaseEvaluator", "FullEvaluator", "FullSettings", "ProxyEvaluator", "ProxySettings",
-           "QualityResult"]
+           "QualityResult", "SensitivityTable", "sensitivity_table"]

@@ -95,14 +95,14 @@ class ProxyEvaluator(BaseEvaluator):
         length = min(s.window_length, adapter.shape.max_length)
         self.windows = eval_windows(ids, length, s.windows)
         self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed)
-        self._digest = model_digest(adapter)
+        self.model_digest = model_digest(adapter)
         self._reference = self._reference_logprobs()
         self._statistics: CalibrationStatistics | None = None
 
     # ------------------------------------------------------------ reference (cached)
 
     def _key(self, **extra: object) -> str:
-        return cache_key(self._digest, {**dataclasses.asdict(self.settings), **extra})
+        return cache_key(self.model_digest, {**dataclasses.asdict(self.settings), **extra})
 
     def _reference_logprobs(self) -> list[torch.Tensor]:
         def compute() -> dict[str, torch.Tensor]:
@@ -171,6 +171,12 @@ class ProxyEvaluator(BaseEvaluator):
             total += float((logp.exp() * (logp - logq)).sum())
             count += logp.shape[0]
         return total / max(count, 1)
+
+    def masked_kl_of(self, plan: Plan, fidelity: str = "low") -> float:
+        """KL term alone of ``plan`` (no generation): what sensitivity profiles measure."""
+        check_fidelity(fidelity)
+        windows = self.settings.low_fidelity_windows if fidelity == "low" else self.settings.windows
+        return self.masked_kl(self.compressed(plan), plan, windows)
 
     @torch.no_grad()
     def trajectory(self, model: DLMAdapter, plan: Plan, prompts: int) -> dict[str, float]:
