@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,12 @@ class FullEvaluator(BaseEvaluator):
     """Generation-based quality of Plans (see the module docstring)."""
 
     def __init__(self, adapter: DLMAdapter, settings: FullSettings | None = None,
-                 text_ids: torch.Tensor | None = None, calibration: CalibrationSet | None = None) -> None:
+                 text_ids: torch.Tensor | None = None, calibration: CalibrationSet | None = None,
+                 prompts: Sequence[str] = ()) -> None:
+        """``text_ids`` (1-D, e.g. a user's text files encoded) replaces the held-out plays for
+        infill and prompts; ``prompts`` (texts) replace the prompts taken from it."""
         self.dense = adapter
+        self.user_prompts = [adapter.encode(p) for p in prompts]
         self.settings = settings or FullSettings()
         s = self.settings
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
@@ -127,12 +132,16 @@ class FullEvaluator(BaseEvaluator):
         Prompted rows use the sampler as the Plan sets it; unconditional rows sample at
         temperature 1 (greedy decoding from an empty prompt would give identical rows).
         """
-        length = max(1, min(self.settings.prompt_length, model.shape.max_length - sampler.gen_length))
-        seed = self.settings.seed
-        prompted = generate(model, self.windows[:prompts, :length], seed=seed, **dataclasses.asdict(sampler))
+        seed, settings = self.settings.seed, dataclasses.asdict(sampler)
+        if self.user_prompts:  # prompts of different lengths: one generation each
+            prompted = torch.cat([generate(model, p, seed=seed, **settings)[:, p.numel():]
+                                  for p in self.user_prompts[:prompts]])
+        else:
+            length = max(1, min(self.settings.prompt_length, model.shape.max_length - sampler.gen_length))
+            prompted = generate(model, self.windows[:prompts, :length], seed=seed, **settings)[:, length:]
         sampled = dataclasses.asdict(dataclasses.replace(sampler, temperature=1.0))
         free = generate(model, torch.empty(unconditional, 0, dtype=torch.long), seed=seed, **sampled)
-        return torch.cat([prompted[:, length:].cpu(), free.cpu()])
+        return torch.cat([prompted.cpu(), free.cpu()])
 
     def _measure(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str) -> _Measured:
         windows, prompts, free = self._counts(fidelity)

@@ -30,3 +30,14 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
 def test_distinct_ngrams_sees_repetition() -> None:
     assert distinct_ngrams(torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1]])) == 1 / 5
     assert distinct_ngrams(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])) == 1.0
+
+
+def test_user_prompts_replace_the_held_out_prompts(embedded: object) -> None:
+    from dlmsearch.models.adapters import DLMAdapter
+
+    assert isinstance(embedded, DLMAdapter)
+    settings = FullSettings(infill_windows=2, prompts=2, unconditional=1, infill_span=8)
+    evaluator = FullEvaluator(embedded, settings, prompts=["ROMEO.\n", "To be, or not"])
+    plan = uniform_plan(embedded, steps=8, gen_length=8, block_length=8)
+    tokens = evaluator.generations(embedded, plan.sampler, prompts=2, unconditional=1)
+    assert tokens.shape == (3, 8)

@@ -95,3 +95,23 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     assert low.fidelity == "low" and low.score > 0
     with pytest.raises(ValueError, match="fidelity='medium'; allowed: low, full"):
         evaluator.evaluate(_plan(adapter), fidelity="medium")
+
+
+FRESH_PROCESS_SCRIPT = """
+import torch
+from tests.evaluators.test_proxy import _evaluator, _model, _plan
+adapter = _model()
+print(repr(_evaluator(adapter).evaluate(_plan(adapter, weight_bits=3, sparsity=0.2, prune_method="wanda")).score))
+"""
+
+
+def test_a_fresh_process_gives_the_same_score() -> None:
+    import subprocess
+    import sys
+
+    adapter = _model()
+    here = _evaluator(adapter).evaluate(_plan(adapter, weight_bits=3, sparsity=0.2, prune_method="wanda")).score
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_SCRIPT], cwd=root, capture_output=True, text=True,
+                         check=True)
+    assert abs(float(out.stdout.strip().splitlines()[-1]) - here) <= 1e-6
