@@ -137,6 +137,20 @@ def cmd_sinks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardware(args: argparse.Namespace) -> int:
+    """List the shipped hardware specs or show one (or a user's YAML file)."""
+    from dlmsearch.cost_models.hardware_spec import describe, list_hardware, load_hardware
+
+    if args.hardware_command == "list":
+        for name in list_hardware():
+            spec = load_hardware(name)
+            print(f"{name:24s} {spec.kind}  bf16 {spec.peak('bf16') / 1e12:7.1f} TFLOP/s  "
+                  f"{spec.memory_bandwidth_bytes_per_s / 1e9:6.0f} GB/s  {spec.memory_bytes / 2**30:6.1f} GiB")
+    else:
+        print(describe(load_hardware(args.name)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart on the embedded model and print where its report is."""
     from dlmsearch.demo import run_sampler_demo
@@ -200,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     sinks.add_argument("--seq-len", type=int, default=None, help="window length (default: up to 128)")
     sinks.add_argument("--seed", type=int, default=0)
     sinks.set_defaults(func=cmd_sinks)
+
+    hardware = sub.add_parser("hardware", help="hardware targets: list the shipped specs or show one")
+    hardware_sub = hardware.add_subparsers(dest="hardware_command", required=True, metavar="HARDWARE_COMMAND")
+    hardware_sub.add_parser("list", help="the shipped hardware specs")
+    show = hardware_sub.add_parser("show", help="one spec: a shipped name or a YAML file")
+    show.add_argument("name")
+    hardware.set_defaults(func=cmd_hardware)
 
     demo = sub.add_parser("demo", help="the quickstart on the embedded model")
     demo.add_argument("--out", default="runs/demo", help="folder for the report")

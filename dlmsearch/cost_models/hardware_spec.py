@@ -1,0 +1,206 @@
+"""Hardware targets: named YAML specs (datasheet figures) and measured profiles of the local machine.
+
+A spec says what a device can do at best (dense peak FLOP/s per compute dtype, memory bandwidth
+and capacity, which low-bit kernels exist, per-call launch overhead) and how far from that best
+real matmuls get: efficiency curves ``eta(M)`` for compute and memory, as ``[M, eta]`` points over
+the token count M, interpolated linearly in log M and held flat outside the points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HARDWARE_KINDS: tuple[str, ...] = ("gpu", "cpu")
+COMPUTE_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynamic", "fp8", "sparse_2_4")
+_FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",
+                            "launch_overhead_s", "efficiency", "source")
+
+
+class HardwareSpecError(ValueError):
+    """A hardware file or name that cannot be used, with every problem listed."""
+
+
+@dataclass(frozen=True)
+class EfficiencyCurve:
+    """eta(M): fraction of the peak reached at M tokens, from ``[M, eta]`` points."""
+
+    points: tuple[tuple[float, float], ...]
+
+    def __call__(self, tokens: float) -> float:
+        """Efficiency at ``tokens`` (log-linear interpolation, flat outside the points)."""
+        pts = self.points
+        if tokens <= pts[0][0]:
+            return pts[0][1]
+        for (m0, e0), (m1, e1) in zip(pts, pts[1:], strict=False):
+            if tokens <= m1:
+                w = (math.log(tokens) - math.log(m0)) / (math.log(m1) - math.log(m0))
+                return e0 + w * (e1 - e0)
+        return pts[-1][1]
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One hardware target (see the module docstring)."""
+
+    name: str
+    kind: str
+    peak_flops: Mapping[str, float]  # dense FLOP/s (OP/s for integer types) per compute dtype
+    memory_bandwidth_bytes_per_s: float
+    memory_bytes: int
+    kernels: tuple[str, ...] = ()
+    launch_overhead_s: float = 0.0
+    compute_efficiency: EfficiencyCurve = field(default_factory=lambda: EfficiencyCurve(((1.0, 1.0),)))
+    memory_efficiency: EfficiencyCurve = field(default_factory=lambda: EfficiencyCurve(((1.0, 1.0),)))
+    source: str = ""
+
+    def has_kernel(self, kernel: str) -> bool:
+        """True when the device has a real kernel called ``kernel`` (see :data:`KERNELS`)."""
+        return kernel in self.kernels
+
+    def peak(self, dtype: str) -> float:
+        """Peak FLOP/s for ``dtype``; a dtype the device lacks runs at the next wider one it has."""
+        order = ("int4", "int8", "fp8", "fp16", "bf16", "tf32", "fp32")
+        for candidate in order[order.index(dtype):]:
+            if candidate in self.peak_flops:
+                return float(self.peak_flops[candidate])
+        return float(self.peak_flops["fp32"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form."""
+        return {"name": self.name, "kind": self.kind, "peak_flops": dict(self.peak_flops),
+                "memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s, "memory_bytes": self.memory_bytes,
+                "kernels": list(self.kernels), "launch_overhead_s": self.launch_overhead_s,
+                "efficiency": {"compute": [list(p) for p in self.compute_efficiency.points],
+                               "memory": [list(p) for p in self.memory_efficiency.points]},
+                **({"source": self.source} if self.source else {})}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as YAML."""
+        out = Path(path)
+        out.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return out
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _curve(data: Any, path: str, problems: list[str]) -> EfficiencyCurve | None:
+    ok = isinstance(data, list) and data and all(
+        isinstance(p, list) and len(p) == 2 and _positive(p[0]) and _positive(p[1]) and p[1] <= 1 for p in data)
+    if not ok or [p[0] for p in data] != sorted({p[0] for p in data}):
+        problems.append(f"{path}: {data!r} is not allowed; allowed: a list of [tokens, efficiency] pairs with "
+                        "increasing tokens > 0 and efficiency in (0, 1]")
+        return None
+    return EfficiencyCurve(tuple((float(m), float(e)) for m, e in data))
+
+
+def _numbers(data: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``19.5e12`` (no sign in the exponent) as a string: accept such numbers."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    out = dict(data)
+    if isinstance(out.get("peak_flops"), dict):
+        out["peak_flops"] = {k: convert(v) for k, v in out["peak_flops"].items()}
+    for key in ("memory_bandwidth_bytes_per_s", "memory_bytes", "launch_overhead_s"):
+        if key in out:
+            out[key] = convert(out[key])
+    return out
+
+
+def spec_from_dict(data: Any, source: str = "hardware spec") -> HardwareSpec:
+    """Validate parsed YAML and build the spec; every problem is reported at once with its field."""
+    if not isinstance(data, dict):
+        raise HardwareSpecError(f"{source}: the file must hold a YAML mapping of fields, got {type(data).__name__}")
+    data = _numbers(data)
+    problems = [f"{key}: unknown field; allowed: {', '.join(_FIELDS)}" for key in data if key not in _FIELDS]
+    for key in ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes"):
+        if key not in data:
+            problems.append(f"{key}: missing (required)")
+    if "name" in data and (not isinstance(data["name"], str) or not data["name"]):
+        problems.append(f"name: {data['name']!r} is not allowed; allowed: a non-empty string")
+    if "kind" in data and data["kind"] not in HARDWARE_KINDS:
+        problems.append(f"kind: {data['kind']!r} is not allowed; allowed: {', '.join(HARDWARE_KINDS)}")
+    peaks = data.get("peak_flops", {})
+    if not isinstance(peaks, dict) or "fp32" not in peaks:
+        problems.append(f"peak_flops: {peaks!r} is not allowed; allowed: a mapping of dtype to FLOP/s with fp32")
+        peaks = {}
+    for dtype, value in peaks.items():
+        if dtype not in COMPUTE_DTYPES:
+            problems.append(f"peak_flops.{dtype}: unknown dtype; allowed: {', '.join(COMPUTE_DTYPES)}")
+        elif not _positive(value):
+            problems.append(f"peak_flops.{dtype}: {value!r} is not allowed; allowed: a number > 0 (FLOP/s)")
+    for key in ("memory_bandwidth_bytes_per_s", "memory_bytes"):
+        if key in data and not _positive(data[key]):
+            problems.append(f"{key}: {data[key]!r} is not allowed; allowed: a number > 0")
+    overhead = data.get("launch_overhead_s", 0.0)
+    if not isinstance(overhead, (int, float)) or isinstance(overhead, bool) or not 0 <= overhead < 1:
+        problems.append(f"launch_overhead_s: {overhead!r} is not allowed; allowed: seconds in [0, 1)")
+    kernels = data.get("kernels", [])
+    if not isinstance(kernels, list) or any(k not in KERNELS for k in kernels):
+        problems.append(f"kernels: {kernels!r} is not allowed; allowed: a list from {', '.join(KERNELS)}")
+        kernels = []
+    efficiency = data.get("efficiency", {})
+    if not isinstance(efficiency, dict) or set(efficiency) - {"compute", "memory"}:
+        problems.append(f"efficiency: {efficiency!r} is not allowed; allowed: a mapping with 'compute' and 'memory'")
+        efficiency = {}
+    curves = {part: _curve(efficiency[part], f"efficiency.{part}", problems) if part in efficiency
+              else EfficiencyCurve(((1.0, 1.0),)) for part in ("compute", "memory")}
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise HardwareSpecError(f"{source}: {len(problems)} invalid field(s):\n{listing}")
+    compute, memory = curves["compute"], curves["memory"]
+    assert compute is not None and memory is not None
+    return HardwareSpec(name=data["name"], kind=data["kind"], peak_flops={k: float(v) for k, v in peaks.items()},
+                        memory_bandwidth_bytes_per_s=float(data["memory_bandwidth_bytes_per_s"]),
+                        memory_bytes=int(data["memory_bytes"]), kernels=tuple(kernels),
+                        launch_overhead_s=float(overhead), compute_efficiency=compute, memory_efficiency=memory,
+                        source=str(data.get("source", "")))
+
+
+def _registry() -> dict[str, Path]:
+    folder = resources.files("dlmsearch.cost_models").joinpath("hardware")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def list_hardware() -> list[str]:
+    """Names of the shipped hardware specs."""
+    return sorted(_registry())
+
+
+def load_hardware(name_or_path: str | Path) -> HardwareSpec:
+    """A shipped spec by name (``h100-sxm``) or a user's YAML file / measured profile by path."""
+    registry = _registry()
+    path = registry.get(str(name_or_path)) or Path(name_or_path)
+    if not path.is_file():
+        raise HardwareSpecError(f"hardware={str(name_or_path)!r} is neither a shipped spec "
+                                f"({', '.join(sorted(registry))}) nor a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise HardwareSpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return spec_from_dict(data, str(path))
+
+
+def describe(spec: HardwareSpec, token_counts: Sequence[int] = (1, 128, 4096)) -> str:
+    """Human-readable summary for ``dlmsearch hardware show``."""
+    peaks = ", ".join(f"{k} {v / 1e12:g} T" for k, v in spec.peak_flops.items())
+    etas = ", ".join(f"M={m}: {spec.compute_efficiency(m):.2f}/{spec.memory_efficiency(m):.2f}" for m in token_counts)
+    return (f"{spec.name} ({spec.kind})\n  dense peak FLOP/s: {peaks}\n"
+            f"  memory: {spec.memory_bytes / 2**30:.1f} GiB at {spec.memory_bandwidth_bytes_per_s / 1e9:g} GB/s\n"
+            f"  kernels: {', '.join(spec.kernels) or 'none'}\n  launch overhead: {spec.launch_overhead_s * 1e6:g} us\n"
+            f"  efficiency compute/memory: {etas}")
