@@ -1,5 +1,7 @@
-"""Cost models: the hardware registry (more to come: analytic roofline, measured profiles, memory)."""
+"""Cost models: the hardware registry and the analytic roofline (measured profiles come next)."""
 
+from dlmsearch.cost_models.analytic import AnalyticCostModel
+from dlmsearch.cost_models.base import BaseCostModel, CostResult
 from dlmsearch.cost_models.hardware_spec import (
     HardwareSpec,
     HardwareSpecError,
@@ -8,4 +10,5 @@ from dlmsearch.cost_models.hardware_spec import (
     spec_from_dict,
 )
 
-__all__ = ["HardwareSpec", "HardwareSpecError", "list_hardware", "load_hardware", "spec_from_dict"]
+__all__ = ["AnalyticCostModel", "BaseCostModel", "CostResult", "HardwareSpec", "HardwareSpecError", "list_hardware",
+           "load_hardware", "spec_from_dict"]

@@ -1,0 +1,98 @@
+"""Analytic roofline: hand-checked counts and the documented effects of each knob."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlmsearch.cost_models.analytic import AnalyticCostModel, steps_per_group
+from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec
+from dlmsearch.models.adapters import LinearInfo, ModelShape
+from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
+
+SHAPE = ModelShape("llama", 1, 256, 4, 4, 64, 1024, 1000, 512)
+LINEARS = [LinearInfo("q", "q", 0, 256, 256), LinearInfo("k", "k", 0, 256, 256), LinearInfo("v", "v", 0, 256, 256),
+           LinearInfo("o", "o", 0, 256, 256), LinearInfo("gate", "gate", 0, 256, 1024),
+           LinearInfo("up", "up", 0, 256, 1024), LinearInfo("down", "down", 0, 1024, 256)]
+ONE = EfficiencyCurve(((1.0, 1.0),))
+
+
+def _hardware(kernels: tuple[str, ...] = (), flops: float = 1e12, bandwidth: float = 1e11) -> HardwareSpec:
+    return HardwareSpec("toy", "gpu", {"fp32": flops, "bf16": flops, "int8": 2 * flops}, bandwidth, 2**34, kernels,
+                        0.0, ONE, ONE)
+
+
+def _plan(steps: int = 8, layer: LayerPlan | None = None, storage: str = "nested", boundaries: tuple = ()) -> Plan:
+    layers = {info.name: layer for info in LINEARS} if layer else {}
+    return Plan(ModelRef("toy"), SamplerSettings(steps=steps, gen_length=64, block_length=64), boundaries, storage,
+                layers)
+
+
+def test_single_linear_time_is_the_hand_computed_roofline() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS[:1])
+    arrays = model.encode([_plan()])
+    parts = model.step_times(arrays, _hardware())
+    m, k, n = 64, 256, 256
+    flops = 2 * m * k * n
+    data = k * n * 2 + m * k * 2 + m * n * 2
+    assert parts["linear"][0, 0] == pytest.approx(max(flops / 1e12, data / 1e11))
+
+
+def test_attention_and_lm_head_flops() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    parts = model.step_times(model.encode([_plan()]), _hardware(bandwidth=1e18))  # compute-bound
+    assert parts["attention"][0, 0] == pytest.approx(4 * 64 * 64 * 4 * 64 / 1e12)
+    assert parts["lm_head"][0, 0] == pytest.approx(2 * 64 * 256 * 1000 / 1e12)
+
+
+def test_halving_steps_halves_latency() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware()
+    assert model.cost(_plan(steps=8), hw).latency_ms == pytest.approx(2 * model.cost(_plan(steps=4), hw).latency_ms)
+
+
+def test_four_bit_weights_cut_weight_bytes_with_scales_only_with_a_kernel() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS[:1])
+    w4 = _plan(layer=LayerPlan((4,), (16,), group_size=64))
+    membound = _hardware(("int4_weight_only",), flops=1e18)
+    dense_s = model.step_times(model.encode([_plan()]), membound)["linear"][0, 0]
+    w4_s = model.step_times(model.encode([w4]), membound)["linear"][0, 0]
+    m, k, n = 64, 256, 256
+    expected = (k * n * 4 / 8 + k * n / 64 * 4 + m * k * 2 + m * n * 2) / (k * n * 2 + m * k * 2 + m * n * 2)
+    assert w4_s / dense_s == pytest.approx(expected)
+    no_kernel = model.step_times(model.encode([w4]), _hardware(flops=1e18))["linear"][0, 0]
+    assert no_kernel == pytest.approx(dense_s)  # dequantize-then-matmul moves 16-bit weights
+
+
+def test_unstructured_sparsity_costs_dense_time_but_structure_does_not() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware()
+    dense = model.cost(_plan(), hw).latency_ms
+    assert model.cost(_plan(layer=LayerPlan(sparsity=0.5)), hw).latency_ms == dense
+    channels = {info.name: LayerPlan(sparsity=0.5, structure="channels") for info in LINEARS
+                if info.role in ("gate", "up", "down")}
+    plan = Plan(ModelRef("toy"), SamplerSettings(steps=8, gen_length=64, block_length=64), layers=channels)
+    assert model.cost(plan, hw).latency_ms < dense
+
+
+def test_per_timestep_bits_are_costed_per_group() -> None:
+    assert steps_per_group(10, (0.25, 0.5)) == [3, 2, 5]
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware(("int8_dynamic",))
+    w8a8 = model.cost(_plan(layer=LayerPlan((8,), (8,))), hw).latency_ms
+    dense = model.cost(_plan(), hw).latency_ms
+    half = model.cost(_plan(layer=LayerPlan((8, 16), (8, 16)), boundaries=(0.5,)), hw).latency_ms
+    assert w8a8 < half < dense
+    assert half == pytest.approx((w8a8 + dense) / 2)
+
+
+def test_nested_and_copies_memory_differ_as_documented() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware()
+    layer = LayerPlan((8, 4, 2), (16, 16, 16), group_size=64)
+    nested = model.cost(_plan(layer=layer, boundaries=(0.3, 0.6)), hw).breakdown["weights_bytes"]
+    copies = model.cost(_plan(layer=layer, boundaries=(0.3, 0.6), storage="copies"), hw).breakdown["weights_bytes"]
+    params = sum(i.in_features * i.out_features for i in LINEARS)
+    scales = params / 64 * 4
+    embeddings = 2 * 1000 * 256 * 2
+    assert nested == pytest.approx(params * 8 / 8 + scales + embeddings)  # one master at the top precision
+    assert copies == pytest.approx(params * (8 + 4 + 2) / 8 + 3 * scales + embeddings)  # one copy per bit-width
