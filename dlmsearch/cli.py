@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -14,7 +13,6 @@ from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
 from dlmsearch.models.loading import ModelLoadError
 from dlmsearch.models.sampler import REMASKING_STRATEGIES, SamplerSettingsError
 from dlmsearch.plan import (
-    PLAN_FORMAT,
     PRUNE_METHODS,
     STRUCTURES,
     WEIGHT_STORAGES,
@@ -93,16 +91,16 @@ def cmd_plan_init(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a Plan file (and, with --model, that it fits the model); print every problem."""
+    """Check a Plan JSON (with --model: against that model) or a hardware YAML; print every problem."""
     from dlmsearch.plan import load_plan
 
     path = Path(args.file)
-    try:
-        header = json.loads(path.read_text()).get("format") if path.suffix == ".json" else None
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-        header = None
-    if path.suffix == ".json" and header not in (PLAN_FORMAT, None):
-        raise ValueError(f"{path}: format={header!r} is not a file dlmsearch validates; allowed: {PLAN_FORMAT!r}")
+    if path.suffix in (".yaml", ".yml"):
+        from dlmsearch.cost_models.hardware_spec import load_hardware
+
+        spec = load_hardware(path)
+        print(f"{path}: valid hardware spec {spec.name!r} ({spec.kind})")
+        return 0
     plan = load_plan(path)
     if args.model:
         from dlmsearch.models.loading import load_model
@@ -191,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", required=True, help="Plan JSON to write")
     init.set_defaults(func=cmd_plan_init)
 
-    val = sub.add_parser("validate", help="check a Plan file and print every problem")
+    val = sub.add_parser("validate", help="check a Plan (.json) or hardware spec (.yaml) and print every problem")
     val.add_argument("file")
     val.add_argument("--model", default=None, help="also check the Plan against this model")
     val.add_argument("--trust-remote-code", action="store_true")

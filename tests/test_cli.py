@@ -75,3 +75,13 @@ def test_sinks_writes_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["sinks", "--out", str(report), "--sequences", "2", "--seq-len", "32"]) == 0
     html = report.read_text()
     assert "plotly" in html.lower() and "<html" in html.lower()
+
+
+def test_validate_reads_hardware_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = Path(__file__).parents[1] / "dlmsearch/cost_models/hardware/l4.yaml"
+    assert main(["validate", str(good)]) == 0
+    assert "valid hardware spec 'l4' (gpu)" in capsys.readouterr().out
+    bad = tmp_path / "gpu.yaml"
+    bad.write_text(good.read_text().replace("kind: gpu", "kind: quantum"))
+    assert main(["validate", str(bad)]) == 2
+    assert "kind: 'quantum' is not allowed" in capsys.readouterr().err
