@@ -32,7 +32,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 #: Sampler defaults when neither the command line nor a compressed model's Plan sets them.
-SAMPLER_DEFAULTS = {"steps": 64, "gen_length": 64, "block_length": 32, "remasking": "low_confidence",
+SAMPLER_DEFAULTS = {"steps": 64, "gen_length": 64, "block_length": 16, "remasking": "low_confidence",
                     "temperature": 0.0}
 
 

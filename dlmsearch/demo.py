@@ -18,7 +18,7 @@ DEMO_PROMPTS: tuple[str, ...] = ("ROMEO.\n", "HAMLET.\nTo be, or not to be", "KI
 DEMO_STEPS: tuple[int, ...] = (64, 16)
 
 
-def run_sampler_demo(out: Path, gen_length: int = 64, block_length: int = 32) -> Path:
+def run_sampler_demo(out: Path, gen_length: int = 64, block_length: int = 16) -> Path:
     """Generate from :data:`DEMO_PROMPTS` at each of :data:`DEMO_STEPS`; return the report path."""
     adapter = load_model()
     out.mkdir(parents=True, exist_ok=True)

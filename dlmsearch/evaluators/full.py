@@ -114,14 +114,17 @@ class FullEvaluator(BaseEvaluator):
         return model
 
     @torch.no_grad()
-    def infill_accuracy(self, model: DLMAdapter, passes_per_token: float, windows: int) -> float:
-        """Share of the centred span's tokens restored exactly with ``passes_per_token`` passes each."""
+    def infill_accuracy(self, model: DLMAdapter, passes_per_token: float, block_length: int, windows: int) -> float:
+        """Share of the centred span's tokens restored exactly, filled in semi-autoregressive blocks of
+        ``block_length`` with ``passes_per_token`` passes per token."""
         batch = self.windows[:windows]
         span = min(self.settings.infill_span, batch.shape[1] - 2)
         start = (batch.shape[1] - span) // 2
         masked = torch.zeros_like(batch, dtype=torch.bool)
         masked[:, start:start + span] = True
-        filled = infill(model, batch, masked, max(1, round(span * passes_per_token))).cpu()
+        blocks = -(-span // block_length)
+        steps = blocks * max(1, round(span * passes_per_token / blocks))
+        filled = infill(model, batch, masked, steps, block_length=block_length).cpu()
         return float((filled == batch)[masked].float().mean())
 
     @torch.no_grad()
@@ -147,7 +150,7 @@ class FullEvaluator(BaseEvaluator):
         windows, prompts, free = self._counts(fidelity)
         tokens = self.generations(model, sampler, prompts, free)
         nelbo = evaluate_nelbo(self.dense.forward_logits, tokens, self.dense.mask_token_id, seed=self.settings.seed)
-        infill_acc = self.infill_accuracy(model, sampler.steps / sampler.gen_length, windows)
+        infill_acc = self.infill_accuracy(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
         return _Measured(tokens, infill_acc, nelbo, distinct_ngrams(tokens))
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str) -> _Measured:

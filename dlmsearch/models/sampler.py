@@ -149,40 +149,54 @@ def generate(adapter: DLMAdapter, prompt_ids: torch.Tensor, gen_length: int = 64
 
 @torch.no_grad()
 def infill(adapter: DLMAdapter, ids: torch.Tensor, masked: torch.Tensor, steps: int,
-           on_step: Callable[[], object] | None = None) -> torch.Tensor:
+           block_length: int | None = None, on_step: Callable[[], object] | None = None) -> torch.Tensor:
     """Fill the ``masked`` positions of ``ids`` (both (B, L)) in ``steps`` denoising passes.
 
-    Every masked position starts as [MASK]; every pass predicts all of them (greedy, the mask token
-    excluded) and commits the most confident predictions, leaving the rest masked (LLaDA's
-    ``low_confidence`` remasking). A row with ``n`` masked positions commits
-    ``tokens_per_step(n, steps)`` tokens per pass, as the sampler does within one block, so it is
-    complete after the last pass. Pass ``k`` runs inside ``denoising_step(DenoisingStep(k, steps))``
-    so step-aware compressed layers see it. Returns the filled ids (B, L) on the model's device;
-    unmasked positions are unchanged.
+    Every masked position starts as [MASK]; every pass predicts them (greedy, the mask token
+    excluded) and commits the most confident predictions (LLaDA's ``low_confidence`` remasking).
+    With ``block_length`` the masked positions of each row are filled left to right in blocks of
+    that many (semi-autoregressive, as :func:`generate` does; ``steps`` must then be a multiple of
+    the number of blocks); without it the whole span is one block. A row with ``n`` masked
+    positions in a block commits ``tokens_per_step(n, steps_per_block)`` of them per pass, so it is
+    complete after the block's last pass. Pass ``k`` runs inside
+    ``denoising_step(DenoisingStep(k, steps))``. Returns the filled ids (B, L) on the model's
+    device; unmasked positions are unchanged.
     """
     if ids.dim() != 2 or ids.shape != masked.shape:
         raise ValueError(f"ids {tuple(ids.shape)} and masked {tuple(masked.shape)} must be one (B, L) shape")
-    if steps < 1:
-        raise ValueError(f"steps={steps}: must be a positive integer")
     device = adapter.device
-    mask_id = adapter.mask_token_id
     pending = masked.to(device=device, dtype=torch.bool).clone()
-    x = ids.to(device).masked_fill(pending, mask_id)
-    counts = torch.stack([tokens_per_step(int(n), steps) for n in pending.sum(dim=1).tolist()]).to(device)
-    for step in range(steps):
-        k = counts[:, step]
-        k_max = int(k.max())
-        if k_max > 0:
-            with denoising_step(DenoisingStep(step, steps)):
-                logits = adapter.forward_logits(x)
-            logits[..., mask_id] = float("-inf")  # never predict the mask token itself
-            confidence, predicted = torch.softmax(logits.float(), dim=-1).max(dim=-1)
-            confidence = confidence.masked_fill(~pending, float("-inf"))
-            chosen = confidence.topk(k_max, dim=-1).indices
-            wanted = torch.arange(k_max, device=device)[None, :] < k[:, None]  # row b keeps its k[b]
-            commit = torch.zeros_like(pending).scatter_(1, chosen, wanted) & pending
-            x = torch.where(commit, predicted, x)
-            pending &= ~commit
-        if on_step is not None:
-            on_step()
+    rank = pending.long().cumsum(dim=1) - 1  # order of each masked position within its row
+    width = block_length or max(1, int(pending.sum(dim=1).max()))
+    num_blocks = max(1, -(-int(pending.sum(dim=1).max()) // width))
+    if steps < 1 or steps % num_blocks:
+        raise ValueError(f"steps={steps}: must be a positive multiple of the number of blocks ({num_blocks})")
+    steps_per_block = steps // num_blocks
+    x = ids.to(device).masked_fill(pending, adapter.mask_token_id)
+    for block in range(num_blocks):
+        in_block = pending & (rank >= block * width) & (rank < (block + 1) * width)
+        counts = torch.stack([tokens_per_step(int(n), steps_per_block) for n in in_block.sum(dim=1).tolist()])
+        for inner in range(steps_per_block):
+            step = DenoisingStep(block * steps_per_block + inner, steps)
+            x, committed = _commit_most_confident(adapter, x, in_block, counts[:, inner].to(device), step)
+            in_block &= ~committed
+            if on_step is not None:
+                on_step()
     return x
+
+
+def _commit_most_confident(adapter: DLMAdapter, x: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor,
+                           step: DenoisingStep) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy pass committing, in row b, the ``k[b]`` most confident ``eligible`` positions."""
+    k_max = int(k.max())
+    if k_max == 0:
+        return x, torch.zeros_like(eligible)
+    with denoising_step(step):
+        logits = adapter.forward_logits(x)
+    logits[..., adapter.mask_token_id] = float("-inf")  # never predict the mask token itself
+    confidence, predicted = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+    confidence = confidence.masked_fill(~eligible, float("-inf"))
+    chosen = confidence.topk(k_max, dim=-1).indices
+    wanted = torch.arange(k_max, device=x.device)[None, :] < k[:, None]  # row b keeps its k[b]
+    commit = torch.zeros_like(eligible).scatter_(1, chosen, wanted) & eligible
+    return torch.where(commit, predicted, x), commit

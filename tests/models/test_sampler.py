@@ -110,3 +110,24 @@ def test_infill_fills_ragged_masks_and_keeps_the_rest(tiny_llama: DLMAdapter) ->
     filled = infill(tiny_llama, ids, masked, steps=4)
     assert not (filled == tiny_llama.mask_token_id).any()
     assert torch.equal(filled[~masked], ids[~masked])
+
+
+def test_infill_blocks_fill_left_to_right(tiny_llama: DLMAdapter) -> None:
+    seen: list[torch.Tensor] = []
+    original = tiny_llama.forward_logits
+
+    def spy(ids: torch.Tensor) -> torch.Tensor:
+        seen.append(ids.clone())
+        return original(ids)
+
+    tiny_llama.forward_logits = spy  # type: ignore[method-assign]
+    ids = torch.randint(0, 60, (1, 12))
+    masked = torch.zeros(1, 12, dtype=torch.bool)
+    masked[0, 2:10] = True
+    infill(tiny_llama, ids, masked, steps=4, block_length=4)
+    mask = tiny_llama.mask_token_id
+    assert len(seen) == 4
+    assert (seen[1][0, 6:10] == mask).all()  # second block untouched while the first is filled
+    assert not (seen[2][0, 2:6] == mask).any()
+    with pytest.raises(ValueError, match="multiple of the number of blocks"):
+        infill(tiny_llama, ids, masked, steps=3, block_length=4)
