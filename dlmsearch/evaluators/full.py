@@ -22,7 +22,6 @@ Score (lower is better, about 0 for the dense model)::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -30,13 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dlmsearch.compress import CalibrationSet, CalibrationStatistics, apply_plan_
+from dlmsearch.compress import CalibrationSet
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
+from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.sampler import generate, infill
-from dlmsearch.plan import PRUNE_METHODS, Plan, SamplerSettings
+from dlmsearch.plan import Plan, SamplerSettings
 
 logger = logging.getLogger("dlmsearch.evaluators.full")
 
@@ -88,8 +88,8 @@ class FullEvaluator(BaseEvaluator):
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         self.windows = eval_windows(ids, length, max(s.infill_windows, s.prompts))
-        self._calibration = calibration
-        self._statistics: CalibrationStatistics | None = None
+        self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
+                                         self.settings.seed)
         self._dense_cache: dict[tuple[int, int, str], _Measured] = {}
 
     def _counts(self, fidelity: str) -> tuple[int, int, int]:
@@ -98,20 +98,9 @@ class FullEvaluator(BaseEvaluator):
             return max(1, s.infill_windows // 4), max(1, s.prompts // 4), max(1, s.unconditional // 4)
         return s.infill_windows, s.prompts, s.unconditional
 
-    def statistics(self) -> CalibrationStatistics:
-        """Calibration statistics of the dense model for every pruning method and GPTQ (computed once)."""
-        if self._statistics is None:
-            calib = self._calibration or CalibrationSet.from_split(
-                self.dense, n_sequences=self.settings.calibration_sequences, seed=self.settings.seed)
-            layers = [info.name for info in self.dense.linears()]
-            self._statistics = CalibrationStatistics.compute(self.dense, calib, PRUNE_METHODS[1:], layers)
-        return self._statistics
-
     def compressed(self, plan: Plan) -> DLMAdapter:
-        """A compressed copy of the dense model."""
-        model = copy.deepcopy(self.dense)
-        apply_plan_(model, plan, statistics=self.statistics(), use_kernels=False)
-        return model
+        """A compressed copy of the dense model (the dense model itself is never changed)."""
+        return self.compressor.compressed(plan)
 
     @torch.no_grad()
     def infill_accuracy(self, model: DLMAdapter, passes_per_token: float, block_length: int, windows: int) -> float:

@@ -23,21 +23,21 @@ Dense reference outputs are cached on disk (:mod:`dlmsearch.evaluators.reference
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from dlmsearch.compress import CalibrationSet, CalibrationStatistics, apply_plan_, force_timestep_group
+from dlmsearch.compress import CalibrationSet, force_timestep_group
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
+from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_digest
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo, mask_tokens, stratified_mask_probs
 from dlmsearch.models.sampler import generate
-from dlmsearch.plan import PRUNE_METHODS, Plan
+from dlmsearch.plan import Plan
 
 logger = logging.getLogger("dlmsearch.evaluators.proxy")
 
@@ -88,7 +88,6 @@ class ProxyEvaluator(BaseEvaluator):
         """``text_ids`` (1-D) replaces the held-out split and ``calibration`` the calibration plays,
         e.g. for a user's own data or a model without a tokenizer."""
         self.dense = adapter
-        self._calibration = calibration
         self.settings = settings or ProxySettings()
         s = self.settings
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
@@ -97,7 +96,8 @@ class ProxyEvaluator(BaseEvaluator):
         self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed)
         self.model_digest = model_digest(adapter)
         self._reference = self._reference_logprobs()
-        self._statistics: CalibrationStatistics | None = None
+        self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
+                                         self.settings.seed)
 
     # ------------------------------------------------------------ reference (cached)
 
@@ -140,22 +140,9 @@ class ProxyEvaluator(BaseEvaluator):
 
     # ------------------------------------------------------------ evaluation
 
-    def statistics(self) -> CalibrationStatistics:
-        """Calibration statistics of the dense model for every pruning method and GPTQ (computed once)."""
-        if self._statistics is None:
-            calib = self._calibration or CalibrationSet.from_split(
-                self.dense, n_sequences=self.settings.calibration_sequences, seed=self.settings.seed)
-            layers = [info.name for info in self.dense.linears()]
-            self._statistics = CalibrationStatistics.compute(self.dense, calib, PRUNE_METHODS[1:], layers)
-        return self._statistics
-
     def compressed(self, plan: Plan) -> DLMAdapter:
         """A compressed copy of the dense model (the dense model itself is never changed)."""
-        model = copy.deepcopy(self.dense)
-        needs_stats = any(lp.sparsity > 0 and lp.prune_method != "magnitude" or lp.quant_method == "gptq"
-                          for lp in plan.layers.values())
-        apply_plan_(model, plan, statistics=self.statistics() if needs_stats else None, use_kernels=False)
-        return model
+        return self.compressor.compressed(plan)
 
     @torch.no_grad()
     def masked_kl(self, model: DLMAdapter, plan: Plan, windows: int) -> float:
