@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from dlmsearch.data import load_split
+from dlmsearch.data import load_split, split_names
 from dlmsearch.models.diffusion import (
     MIN_MASK_PROB,
     bidirectional_attention_mask,
@@ -200,8 +200,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
     card: dict[str, Any] = {
         "config": asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": tokenizer.vocab_size, "mask_token_id": tokenizer.mask_token_id,
-        "calibration_texts": list(load_split_names("calibration")),
-        "evaluation_texts": list(load_split_names("evaluation")),
+        "calibration_texts": list(split_names("calibration")),
+        "evaluation_texts": list(split_names("evaluation")),
         "unigram_entropy": unigram_entropy(eval_ids, tokenizer.vocab_size),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -278,13 +278,6 @@ def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-
-
-def load_split_names(split: str) -> tuple[str, ...]:
-    """Names of a split's texts (kept here so the card records them)."""
-    from dlmsearch.data import split_names
-
-    return split_names(split)
 
 
 def main(argv: list[str] | None = None) -> int:

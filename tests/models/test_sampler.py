@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -13,6 +15,17 @@ from dlmsearch.models.sampler import (
     infill,
     tokens_per_step,
 )
+
+
+def _record_inputs(adapter: DLMAdapter, record: Callable[[torch.Tensor], object]) -> None:
+    """Make every forward pass of ``adapter`` call ``record(ids)`` first."""
+    original = adapter.forward_logits
+
+    def spy(ids: torch.Tensor) -> torch.Tensor:
+        record(ids)
+        return original(ids)
+
+    adapter.forward_logits = spy  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize(("gen_length", "steps", "block_length", "message"), [
@@ -60,13 +73,7 @@ def test_generation_is_deterministic_under_a_seed(tiny_llama: DLMAdapter) -> Non
 def test_blocks_are_filled_left_to_right(tiny_llama: DLMAdapter) -> None:
     """After each block's steps, later blocks are still fully masked."""
     seen: list[torch.Tensor] = []
-    original = tiny_llama.forward_logits
-
-    def spy(ids: torch.Tensor) -> torch.Tensor:
-        seen.append(ids.clone())
-        return original(ids)
-
-    tiny_llama.forward_logits = spy  # type: ignore[method-assign]
+    _record_inputs(tiny_llama, lambda ids: seen.append(ids.clone()))
     generate(tiny_llama, torch.tensor([1]), gen_length=8, steps=4, block_length=4)
     mask = tiny_llama.mask_token_id
     assert len(seen) == 4
@@ -80,13 +87,7 @@ def test_blocks_are_filled_left_to_right(tiny_llama: DLMAdapter) -> None:
 
 def test_step_context_reports_every_step(tiny_llama: DLMAdapter) -> None:
     steps_seen = []
-    original = tiny_llama.forward_logits
-
-    def spy(ids: torch.Tensor) -> torch.Tensor:
-        steps_seen.append(current_step())
-        return original(ids)
-
-    tiny_llama.forward_logits = spy  # type: ignore[method-assign]
+    _record_inputs(tiny_llama, lambda ids: steps_seen.append(current_step()))
     generate(tiny_llama, torch.tensor([1]), gen_length=8, steps=8, block_length=4)
     assert [s.index for s in steps_seen] == list(range(8))
     assert [s.progress for s in steps_seen] == [i / 8 for i in range(8)]
@@ -114,13 +115,7 @@ def test_infill_fills_ragged_masks_and_keeps_the_rest(tiny_llama: DLMAdapter) ->
 
 def test_infill_blocks_fill_left_to_right(tiny_llama: DLMAdapter) -> None:
     seen: list[torch.Tensor] = []
-    original = tiny_llama.forward_logits
-
-    def spy(ids: torch.Tensor) -> torch.Tensor:
-        seen.append(ids.clone())
-        return original(ids)
-
-    tiny_llama.forward_logits = spy  # type: ignore[method-assign]
+    _record_inputs(tiny_llama, lambda ids: seen.append(ids.clone()))
     ids = torch.randint(0, 60, (1, 12))
     masked = torch.zeros(1, 12, dtype=torch.bool)
     masked[0, 2:10] = True
