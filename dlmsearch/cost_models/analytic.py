@@ -4,30 +4,45 @@ For every denoising step the plain LLaDA sampler recomputes the whole sequence, 
 processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per linear::
 
     FLOPs = 2 * M * K * N                 (halved only by 2:4 sparsity with a sparse kernel)
-    bytes = K * N * weight_bits / 8 + scales + M * K * act_bytes + M * N * 2
+    bytes = K * N * weight_bits / 8 + scales + M * K * act_bytes + M * N * dense_bytes
     time  = max(FLOPs / (eta_c(M) * peak[compute dtype]), bytes / (eta_m(M) * bandwidth)) + launch
 
-(the roofline of RESEARCH.md; Williams et al. 2009). The compute dtype is the wider of the weight
-and activation types: W4A16 runs at the bf16 peak with 4-bit weight bytes, when the hardware has
-a weight-only kernel for it; without a kernel the weight is dequantized and costs 16-bit bytes.
-W8A8 runs at the int8 peak with an int8 dynamic kernel. Structured pruning shrinks K or N;
-unstructured sparsity changes nothing (no sparse kernel runs it). Attention adds
+(the roofline of RESEARCH.md; Williams et al. 2009). Which format runs follows
+:func:`dlmsearch.compress.kernels.select_kernel`, restated over arrays: W8A8 runs the
+``int8_dynamic`` kernel (int8 peak, 1-byte activations) when the weight is 8-bit *per channel*;
+other 8-bit per-channel weights run ``int8_weight_only``; 2/3/4-bit weights whose group is a
+multiple of 32 (and ``N % 16 == 0`` on CPUs, ``N % 8 == 0`` and ``K % 32 == 0`` on GPUs) run
+``int4_weight_only``; both weight-only kernels compute in the model's dense dtype. Every other
+quantized weight is dequantized once and multiplied densely (dense bytes, dense peak): per-group
+8-bit weights, for example, have no kernel and cost dense time. Activations quantized outside a
+W8A8 kernel cost :data:`FAKE_QUANT_PASSES` read+write passes over the input. Structured pruning
+shrinks K or N; unstructured sparsity changes nothing (no sparse kernel runs it). Attention adds
 ``4 * M * L * heads * head_dim`` FLOPs per layer (L = M, bidirectional), the LM head
 ``2 * M * d * V``, and norms, activations and sampling are memory-bound passes over their tensors.
 Step time is summed over the Plan's steps, each step at its timestep group's precision.
 
-Memory: resident weights (``copies``: one copy per distinct bit-width a layer uses; ``nested``:
-one master slice at the layer's highest precision, see :func:`dlmsearch.compress.quantize.nested_from_master`),
-their scales and zero points (fp16 each per group), a 16-bit copy where a group runs at 16 bits,
-the embeddings and LM head at 16 bits, activations at the peak layer, and fp32 logits and
-probabilities. The plain sampler keeps no KV cache.
+A measured profile (:mod:`dlmsearch.cost_models.profile`) replaces the datasheet efficiencies:
+each part with a measured curve costs ``ideal / eta_f(M)``, where ``ideal`` is the roofline above
+at full peak and bandwidth without launch overhead and ``eta_f`` the format's (or part's)
+measured fraction of it; :meth:`AnalyticCostModel.ideal_part_times` is the exact ``ideal`` the
+profile calibrates against.
+
+Memory: resident weights under a :class:`WeightLayout`. ``packed`` (a deployment, the default):
+codes at their bit-width (``copies``: one copy per distinct bit-width a layer uses; ``nested``: one
+master slice at the layer's highest precision, see
+:func:`dlmsearch.compress.quantize.nested_from_master`), fp16 scale and zero point per group, a
+dense copy where a group runs at 16 bits. ``runtime`` (what :class:`~dlmsearch.compress.
+quantized_linear.QuantizedLinear` holds): one byte per code, float32 scales and zeros, plus the
+kernel-packed operand of every kernel a group runs and the dequantized dense weight of every
+bit-width without a kernel. Both add the embeddings and LM head in the dense dtype, activations
+at the peak layer, and fp32 logits and probabilities. The plain sampler keeps no KV cache.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,9 +51,34 @@ from dlmsearch.cost_models.hardware_spec import HardwareSpec
 from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
 from dlmsearch.plan import LayerPlan, Plan
 
-DENSE_BYTES = 2  # bf16 / fp16 weights and activations
+DENSE_BYTES = 2  # bf16 / fp16 weights and activations (the default dense dtype)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 SCALE_BYTES_PER_GROUP = 4  # fp16 scale + fp16 zero point
+FAKE_QUANT_PASSES = 4  # absmax, divide+round, clamp, rescale: read+write passes over a quantized input
+TINYGEMM_GROUPS = (256, 128, 64, 32)  # group sizes the int4 kernels take (compress.kernels)
 _STRUCTURES = {"unstructured": 0, "2:4": 1, "heads": 2, "channels": 3}
+#: Format codes of a linear in one timestep group: dense (the model's dtype) or a real kernel.
+DENSE, INT8_DYNAMIC, INT8_WEIGHT_ONLY, INT4_WEIGHT_ONLY = 0, 1, 2, 3
+KERNEL_FORMATS = {INT8_DYNAMIC: "int8_dynamic", INT8_WEIGHT_ONLY: "int8_weight_only",
+                  INT4_WEIGHT_ONLY: "int4_weight_only"}
+PARTS: tuple[str, ...] = ("linear", "act_quant", "attention", "elementwise", "lm_head", "sampling")
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """How a runtime keeps compressed weights in memory (what the memory model counts)."""
+
+    name: str
+    packed_codes: bool  # True: codes take their bit-width; False: one byte per code
+    scale_bytes_per_group: int  # scale + zero point of one group
+    kernel_copies: bool  # each kernel a layer runs keeps its packed operand beside the codes
+    dequantized_copies: bool  # each bit-width without a kernel keeps a dense dequantized weight
+
+
+LAYOUTS: dict[str, WeightLayout] = {
+    "packed": WeightLayout("packed", True, SCALE_BYTES_PER_GROUP, False, False),
+    "runtime": WeightLayout("runtime", False, 8, True, True),
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +93,7 @@ class PlanArrays:
     steps_per_group: np.ndarray  # (P, G) steps that run at each group's precision
     tokens: np.ndarray  # (P,) M, tokens recomputed per step
     nested: np.ndarray  # (P,) bool
+    per_channel: np.ndarray  # (P, n) bool: one scale per output channel (group 0 or the full width)
 
 
 def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
@@ -61,52 +102,93 @@ def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
     return [edges[i + 1] - edges[i] for i in range(len(edges) - 1)]
 
 
+def _layer_row(weight_bits: tuple[int, ...], act_bits: tuple[int, ...], sparsity: float, structure: str,
+               group_size: int, groups: int) -> tuple[tuple[int, ...], tuple[int, ...], float, int, int]:
+    pad = (16,) * (groups - len(weight_bits))
+    return weight_bits + pad, act_bits + pad, sparsity, _STRUCTURES[structure], group_size
+
+
 class AnalyticCostModel(BaseCostModel):
-    """Roofline latency and memory of Plans for one model shape (see the module docstring)."""
+    """Roofline latency and memory of Plans for one model shape (see the module docstring).
+
+    ``dense_dtype`` is the dtype the model runs in (``bf16`` on accelerators, ``fp32`` for a CPU
+    model in float32): it sets dense bytes and the dense peak. ``layout`` is ``"packed"`` or
+    ``"runtime"`` (see :data:`LAYOUTS`).
+    """
 
     def __init__(self, shape: ModelShape, linears: Sequence[LinearInfo], prompt_length: int = 0,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, dense_dtype: str = "bf16", layout: str | WeightLayout = "packed") -> None:
+        if dense_dtype not in DTYPE_BYTES:
+            raise ValueError(f"dense_dtype={dense_dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+        if isinstance(layout, str) and layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}; allowed: {', '.join(LAYOUTS)}")
         self.shape = shape
         self.linears = list(linears)
         self.prompt_length = prompt_length
         self.batch_size = batch_size
+        self.dense_dtype = dense_dtype
+        self.dense_bytes = DTYPE_BYTES[dense_dtype]
+        self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
+        self._names = tuple(info.name for info in self.linears)
         self._in = np.array([i.in_features for i in self.linears], dtype=np.float64)
         self._out = np.array([i.out_features for i in self.linears], dtype=np.float64)
         self._attention = np.array([i.role in ATTENTION_ROLES for i in self.linears])
         self._shrinks_out = np.array([i.role in ("q", "k", "v", "gate", "up") for i in self.linears])
         self._block = np.array([i.block for i in self.linears])
+        self._dense_plans: dict[int, LayerPlan] = {}
+        self._steps_cache: dict[tuple[int, tuple[float, ...], int], list[int]] = {}
 
     # ------------------------------------------------------------ encoding
 
     def encode(self, plans: Sequence[Plan]) -> PlanArrays:
         """Arrays of ``plans`` (layers a Plan does not list stay dense).
 
-        Built from Python lists and converted once: per-element numpy writes would make encoding,
-        not the roofline arithmetic, the bottleneck of a search's cost pass.
+        Plans share LayerPlan objects (a search space builds one per layer group), so each distinct
+        object is encoded once and the (P, n) arrays are gathered from that small table.
         """
         groups = max(p.num_timestep_groups for p in plans)
-        names = [info.name for info in self.linears]
-        widths = [info.in_features for info in self.linears]
-        dense = LayerPlan(weight_bits=(16,) * groups, act_bits=(16,) * groups, sparsity=0.0, group_size=0)
-        wb, ab, sparsity, structure, group, steps, tokens, nested = [], [], [], [], [], [], [], []
+        dense = self._dense_plans.setdefault(groups, LayerPlan((16,) * groups, (16,) * groups, group_size=0))
+        names, count = self._names, len(self._names)
+        flat: list[LayerPlan] = []
+        steps, gen, nested = [], [], []
+        cache = self._steps_cache
         for plan in plans:
-            pad = (16,) * (groups - plan.num_timestep_groups)
-            entries = [plan.layers.get(name, dense) for name in names]
-            wb.append([lp.weight_bits + pad for lp in entries])
-            ab.append([lp.act_bits + pad for lp in entries])
-            sparsity.append([lp.sparsity for lp in entries])
-            structure.append([_STRUCTURES[lp.structure] for lp in entries])
-            group.append([lp.group_size or width for lp, width in zip(entries, widths, strict=True)])
-            per_group = steps_per_group(plan.sampler.steps, plan.timestep_groups)
-            steps.append(per_group + [0] * (groups - len(per_group)))
-            tokens.append(self.batch_size * (self.prompt_length + plan.sampler.gen_length))
+            layers = plan.layers
+            if len(layers) == count and tuple(layers) == names:
+                flat.extend(layers.values())
+            else:
+                get = layers.get
+                flat.extend([get(name, dense) for name in names])
+            sampler = plan.sampler
+            key = (sampler.steps, plan.timestep_groups, groups)
+            per_group = cache.get(key)
+            if per_group is None:
+                per_group = steps_per_group(sampler.steps, plan.timestep_groups)
+                per_group = cache[key] = per_group + [0] * (groups - len(per_group))
+            steps.append(per_group)
+            gen.append(sampler.gen_length)
             nested.append(plan.weight_storage == "nested")
-        return PlanArrays(np.array(wb, dtype=np.float64), np.array(ab, dtype=np.float64),
-                          np.array(sparsity, dtype=np.float64), np.array(structure, dtype=np.int64),
-                          np.array(group, dtype=np.float64), np.array(steps, dtype=np.float64),
-                          np.array(tokens, dtype=np.float64), np.array(nested, dtype=bool))
+        ids = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        # distinct objects may still be equal values: encode each value once (LayerPlan is hashable)
+        rows: dict[tuple[tuple[int, ...], tuple[int, ...], float, str, int], int] = {}
+        setdefault = rows.setdefault
+        value_index = np.array([setdefault((lp.weight_bits, lp.act_bits, lp.sparsity, lp.structure, lp.group_size),
+                                           len(rows))
+                                for lp in map(flat.__getitem__, first.tolist())], dtype=np.int64)
+        inverse = value_index[inverse.reshape(len(plans), count)]
+        table = [_layer_row(wb_, ab_, sp_, st_, gs_, groups) for wb_, ab_, sp_, st_, gs_ in rows]
+        wb = np.array([r[0] for r in table], dtype=np.float64)[inverse]
+        ab = np.array([r[1] for r in table], dtype=np.float64)[inverse]
+        sparsity = np.array([r[2] for r in table], dtype=np.float64)[inverse]
+        structure = np.array([r[3] for r in table], dtype=np.int64)[inverse]
+        raw_group = np.array([r[4] for r in table], dtype=np.float64)[inverse]
+        group = np.where(raw_group == 0, self._in, raw_group)
+        tokens = self.batch_size * (self.prompt_length + np.array(gen, dtype=np.float64))
+        return PlanArrays(wb, ab, sparsity, structure, group, np.array(steps, dtype=np.float64), tokens,
+                          np.array(nested, dtype=bool), group == self._in)
 
-    # ------------------------------------------------------------ shapes
+    # ------------------------------------------------------------ shapes and formats
 
     def _effective_shapes(self, a: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
         """(K, N) per plan and linear after structured pruning."""
@@ -116,60 +198,113 @@ class AnalyticCostModel(BaseCostModel):
         n = np.where(self._shrinks_out, self._out * keep, self._out)
         return k, n
 
+    def formats(self, a: PlanArrays, hw: HardwareSpec) -> np.ndarray:
+        """(P, n, G) format code per linear and timestep group (:data:`DENSE` or a kernel code)."""
+        k, n = self._effective_shapes(a)
+        wb, ab = a.weight_bits, a.act_bits
+        per_channel = a.per_channel[:, :, None]
+        int8_dynamic = (wb == 8) & (ab == 8) & per_channel & hw.has_kernel("int8_dynamic")
+        int8_weight_only = (wb == 8) & ~int8_dynamic & per_channel & hw.has_kernel("int8_weight_only")
+        span_ok = (a.group_size % TINYGEMM_GROUPS[-1] == 0)
+        shape_ok = (n % 16 == 0) if hw.kind == "cpu" else (n % 8 == 0) & (k % 32 == 0)
+        int4 = (wb <= 4) & (span_ok & shape_ok)[:, :, None] & hw.has_kernel("int4_weight_only")
+        return np.where(int8_dynamic, INT8_DYNAMIC, np.where(int8_weight_only, INT8_WEIGHT_ONLY,
+                                                             np.where(int4, INT4_WEIGHT_ONLY, DENSE)))
+
     # ------------------------------------------------------------ latency
+
+    def _linear_terms(self, a: PlanArrays, hw: HardwareSpec) -> tuple[np.ndarray, ...]:
+        """(format, FLOPs, bytes, peak, fake-quant bytes) per plan, linear and group."""
+        k2, n2 = self._effective_shapes(a)
+        k, n = k2[:, :, None], n2[:, :, None]
+        m = a.tokens[:, None, None]
+        fmt = self.formats(a, hw)
+        db = self.dense_bytes
+        stored_bits = np.where(fmt == INT4_WEIGHT_ONLY, 4.0, np.where(fmt == DENSE, 8.0 * db, 8.0))
+        scale_bytes = np.where(fmt != DENSE, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
+        act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, db)
+        peak = np.where(fmt == INT8_DYNAMIC, hw.peak("int8"), hw.peak(self.dense_dtype))
+        two_four = (a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
+        flops = 2.0 * m * k * n * np.where(two_four, 0.5, 1.0)
+        data = k * n * stored_bits / 8 + scale_bytes + m * k * act_bytes + m * n * db
+        fake = np.where((a.act_bits < 16) & (fmt != INT8_DYNAMIC), 2.0 * FAKE_QUANT_PASSES * m * k * db, 0.0)
+        return fmt, flops, data, peak, fake
+
+    def _other_terms(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """(FLOPs, bytes, launches) per plan (P, 1) of the non-linear parts of one step."""
+        s, db = self.shape, self.dense_bytes
+        tokens = a.tokens[:, None]
+        heads = s.num_heads * self._block_keep(a, attention=True)  # (P, layers)
+        attn_flops = (4.0 * tokens * tokens * heads * s.head_dim).sum(axis=1, keepdims=True)
+        attn_bytes = (4.0 * tokens * heads * s.head_dim * db).sum(axis=1, keepdims=True)
+        channels = s.intermediate_size * self._block_keep(a, attention=False)
+        elementwise_bytes = (tokens * (6 * s.hidden_size + 3 * channels) * db).sum(axis=1, keepdims=True)
+        zero = np.zeros_like(tokens)
+        return {"attention": (attn_flops, attn_bytes, 2 * s.num_layers),
+                "elementwise": (zero, elementwise_bytes, 4 * s.num_layers),
+                "lm_head": (2.0 * tokens * s.hidden_size * s.vocab_size,
+                            s.hidden_size * s.vocab_size * db + tokens * s.vocab_size * 4, 0),
+                "sampling": (zero, 3 * tokens * s.vocab_size * 4, 4)}
+
+    def ideal_part_times(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, np.ndarray]:
+        """Roofline seconds per step at full peak and bandwidth, no launch overhead, per part ((P, G) each).
+
+        ``linear`` is split further by format: ``linear:<format>`` for the dense dtype and each kernel.
+        """
+        fmt, flops, data, peak, fake = self._linear_terms(a, hw)
+        bw = hw.memory_bandwidth_bytes_per_s
+        ideal = np.maximum(flops / peak, data / bw)
+        out = {f"linear:{name}": np.where(fmt == code, ideal, 0.0).sum(axis=1)
+               for code, name in ((DENSE, self.dense_dtype), *KERNEL_FORMATS.items())}
+        out["act_quant"] = (fake / bw).sum(axis=1)
+        groups = fmt.shape[2]
+        for part, (part_flops, part_bytes, _) in self._other_terms(a, hw).items():
+            dense_peak = hw.peak(self.dense_dtype)
+            out[part] = np.repeat(np.maximum(part_flops / dense_peak, part_bytes / bw), groups, 1)
+        return out
 
     def step_times(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, np.ndarray]:
         """Seconds per step for each plan and timestep group, split into parts ((P, G) each)."""
-        k, n = (x[:, :, None] for x in self._effective_shapes(a))
-        m = a.tokens[:, None, None]
-        eta_c = np.vectorize(hw.compute_efficiency)(a.tokens)[:, None, None]
-        eta_m = np.vectorize(hw.memory_efficiency)(a.tokens)[:, None, None]
-        wb, ab = a.weight_bits, a.act_bits
-        int8_dynamic = (ab == 8) & (wb <= 8) & hw.has_kernel("int8_dynamic")
-        weight_only_kernel = np.where(wb == 8, hw.has_kernel("int8_weight_only"), hw.has_kernel("int4_weight_only"))
-        weight_only = (wb < 16) & ~int8_dynamic & weight_only_kernel
-        stored_bits = np.where(int8_dynamic, 8.0, np.where(weight_only, np.where(wb == 8, 8.0, 4.0), 16.0))
-        scale_bytes = np.where(stored_bits < 16, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
-        act_bytes = np.where(int8_dynamic, 1.0, DENSE_BYTES)
-        peak = np.where(int8_dynamic, hw.peak("int8"), hw.peak("bf16"))
-        two_four = (a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
-        flops = 2.0 * m * k * n * np.where(two_four, 0.5, 1.0)
-        data = k * n * stored_bits / 8 + scale_bytes + m * k * act_bytes + m * n * DENSE_BYTES
-        linear = np.maximum(flops / (eta_c * peak), data / (eta_m * hw.memory_bandwidth_bytes_per_s))
-        linear_s = (linear + hw.launch_overhead_s).sum(axis=1)
-
-        s = self.shape
-        tokens = a.tokens[:, None]
-        head_keep = self._block_keep(a, attention=True)  # (P, layers)
-        heads = s.num_heads * head_keep
-        attn_flops = (4.0 * tokens * tokens * heads * s.head_dim).sum(axis=1, keepdims=True)
-        attn_bytes = (4.0 * tokens * heads * s.head_dim * DENSE_BYTES).sum(axis=1, keepdims=True)
-        eta_c2, eta_m2 = eta_c[:, :, 0], eta_m[:, :, 0]
-        bw = hw.memory_bandwidth_bytes_per_s
-        attention_s = np.maximum(attn_flops / (eta_c2 * hw.peak("bf16")), attn_bytes / (eta_m2 * bw))
-        attention_s = attention_s + 2 * s.num_layers * hw.launch_overhead_s
-        channels = s.intermediate_size * self._block_keep(a, attention=False)
-        elementwise_bytes = (tokens * (6 * s.hidden_size + 3 * channels) * DENSE_BYTES).sum(axis=1, keepdims=True)
-        other_s = elementwise_bytes / (eta_m2 * bw) + 4 * s.num_layers * hw.launch_overhead_s
-        head_flops = 2.0 * tokens * s.hidden_size * s.vocab_size
-        head_bytes = s.hidden_size * s.vocab_size * DENSE_BYTES + tokens * s.vocab_size * 4
-        lm_head_s = np.maximum(head_flops / (eta_c2 * hw.peak("bf16")), head_bytes / (eta_m2 * bw))
-        sampling_s = 3 * tokens * s.vocab_size * 4 / (eta_m2 * bw) + 4 * hw.launch_overhead_s
-        groups = linear_s.shape[1]
-        return {"linear": linear_s, "attention": np.repeat(attention_s, groups, 1),
-                "elementwise": np.repeat(other_s, groups, 1), "lm_head": np.repeat(lm_head_s, groups, 1),
-                "sampling": np.repeat(sampling_s, groups, 1)}
+        fmt, flops, data, peak, fake = self._linear_terms(a, hw)
+        bw, launch = hw.memory_bandwidth_bytes_per_s, hw.launch_overhead_s
+        unique, where = np.unique(a.tokens, return_inverse=True)
+        eta_c = hw.compute_efficiency.many(unique)[where][:, None, None]
+        eta_m = hw.memory_efficiency.many(unique)[where][:, None, None]
+        linear = np.maximum(flops / (eta_c * peak), data / (eta_m * bw)) + launch
+        ideal = np.maximum(flops / peak, data / bw)
+        for code, name in ((DENSE, self.dense_dtype), *KERNEL_FORMATS.items()):
+            curve = hw.part_efficiency(name)
+            if curve is not None:
+                linear = np.where(fmt == code, ideal / curve.many(unique)[where][:, None, None], linear)
+        act_curve = hw.part_efficiency("act_quant")
+        act_eta = act_curve.many(unique)[where][:, None, None] if act_curve is not None else eta_m
+        act_quant = np.where(fake > 0, fake / (act_eta * bw) + (0.0 if act_curve is not None else launch), 0.0)
+        parts = {"linear": linear.sum(axis=1), "act_quant": act_quant.sum(axis=1)}
+        groups = fmt.shape[2]
+        dense_peak = hw.peak(self.dense_dtype)
+        for part, (part_flops, part_bytes, launches) in self._other_terms(a, hw).items():
+            curve = hw.part_efficiency(part)
+            if curve is not None:
+                seconds = np.maximum(part_flops / dense_peak, part_bytes / bw) / curve.many(unique)[where][:, None]
+            else:
+                c, m_ = eta_c[:, :, 0], eta_m[:, :, 0]
+                seconds = np.maximum(part_flops / (c * dense_peak), part_bytes / (m_ * bw)) + launches * launch
+            parts[part] = np.repeat(seconds, groups, 1)
+        return parts
 
     def _block_keep(self, a: PlanArrays, attention: bool) -> np.ndarray:
         """(P, layers) fraction of heads (attention) or MLP channels kept per block."""
         structure = 2 if attention else 3
         kind = self._attention if attention else ~self._attention
         keep = np.ones((a.sparsity.shape[0], self.shape.num_layers))
+        pruned_all = (a.structure == structure) & (a.sparsity > 0)
+        if not pruned_all.any():
+            return keep
         for block in range(self.shape.num_layers):
             columns = np.flatnonzero((self._block == block) & kind)
             if columns.size == 0:
                 continue
-            pruned = (a.structure[:, columns] == structure) & (a.sparsity[:, columns] > 0)
+            pruned = pruned_all[:, columns]
             keep[:, block] = np.where(pruned.any(axis=1), 1.0 - a.sparsity[:, columns].max(axis=1), 1.0)
         return keep
 
@@ -180,27 +315,47 @@ class AnalyticCostModel(BaseCostModel):
 
     # ------------------------------------------------------------ memory
 
-    def memory_bytes(self, a: PlanArrays) -> dict[str, np.ndarray]:
-        """Peak memory parts (P,) in bytes."""
+    def memory_bytes(self, a: PlanArrays, hw: HardwareSpec | None = None) -> dict[str, np.ndarray]:
+        """Peak memory parts (P,) in bytes (``hw`` decides which kernels run, for the runtime layout)."""
         k, n = self._effective_shapes(a)
-        wb = a.weight_bits
+        wb, layout, db = a.weight_bits, self.layout, self.dense_bytes
         quantized = wb < 16
-        scale = k * n / a.group_size * SCALE_BYTES_PER_GROUP
-        distinct = np.zeros_like(k)
-        for bits in (2, 3, 4, 8):
-            distinct += (wb == bits).any(axis=2) * bits
+        groups_per_weight = k * n / a.group_size
+        used = {bits: (wb == bits).any(axis=2) for bits in (2, 3, 4, 8)}
         top = np.where(quantized, wb, 0).max(axis=2)
-        copies_count = sum(((wb == b).any(axis=2)).astype(float) for b in (2, 3, 4, 8))
-        packed = np.where(a.nested[:, None], top, distinct) * k * n / 8
-        scales = np.where(a.nested[:, None], np.where(top > 0, 1.0, 0.0), copies_count) * scale
-        dense16 = (wb == 16).any(axis=2) * k * n * DENSE_BYTES
+        copies_count = sum(u.astype(float) for u in used.values())
+        code_tensors = np.where(a.nested[:, None], (top > 0).astype(float), copies_count)
+        if layout.packed_codes:
+            distinct = sum(u * bits for bits, u in used.items())
+            codes = np.where(a.nested[:, None], top, distinct) * k * n / 8
+        else:
+            codes = code_tensors * k * n
+        scales = code_tensors * groups_per_weight * layout.scale_bytes_per_group
+        dense16 = ((wb == 16).any(axis=2) | ~quantized.any(axis=2)) * k * n * db
+        weights = codes + scales + dense16
+        if (layout.kernel_copies or layout.dequantized_copies) and hw is not None:
+            fmt = self.formats(a, hw)
+            extra = np.zeros_like(k)
+            if layout.kernel_copies:
+                extra += (fmt == INT8_DYNAMIC).any(axis=2) * (k * n + 8 * n)
+                extra += (fmt == INT8_WEIGHT_ONLY).any(axis=2) * (k * n + 2 * n * db)
+                kernel_group = np.zeros_like(a.group_size)
+                for g in reversed(TINYGEMM_GROUPS):
+                    kernel_group = np.where(a.group_size % g == 0, g, kernel_group)
+                int4_bytes = k * n / 2 + k / np.maximum(kernel_group, 1) * n * 2 * db
+                for bits in (2, 3, 4):
+                    extra += ((fmt == INT4_WEIGHT_ONLY) & (wb == bits)).any(axis=2) * int4_bytes
+            if layout.dequantized_copies:
+                for bits in (2, 3, 4, 8):
+                    extra += ((fmt == DENSE) & (wb == bits)).any(axis=2) * k * n * db
+            weights = weights + extra
         s = self.shape
-        embeddings = np.full(len(a.tokens), 2.0 * s.vocab_size * s.hidden_size * DENSE_BYTES)
+        embeddings = np.full(len(a.tokens), 2.0 * s.vocab_size * s.hidden_size * db)
         tokens = a.tokens
         channels = s.intermediate_size * self._block_keep(a, attention=False).max(axis=1)
-        activations = tokens * (4 * s.hidden_size + 3 * channels) * DENSE_BYTES
+        activations = tokens * (4 * s.hidden_size + 3 * channels) * db
         logits = 2 * tokens * s.vocab_size * 4
-        return {"weights": (packed + scales + dense16).sum(axis=1) + embeddings, "activations": activations,
+        return {"weights": weights.sum(axis=1) + embeddings, "activations": activations,
                 "logits": logits, "kv_cache": np.zeros(len(tokens))}
 
     # ------------------------------------------------------------ the protocol
@@ -209,16 +364,21 @@ class AnalyticCostModel(BaseCostModel):
         """Costs of many Plans in one vectorised pass."""
         arrays = self.encode(plans)
         latency, parts = self.latency_ms(arrays, hardware)
-        memory = self.memory_bytes(arrays)
-        total = np.sum(list(memory.values()), axis=0)
-        results = []
-        for p, plan in enumerate(plans):
-            breakdown = {f"{name}_ms": float(v[p]) for name, v in parts.items()}
-            breakdown.update({f"{name}_bytes": float(v[p]) for name, v in memory.items()})
-            breakdown["latency_per_step_ms"] = float(latency[p]) / plan.sampler.steps
-            results.append(CostResult(float(latency[p]), int(total[p]), "analytic", breakdown))
-        return results
+        memory = self.memory_bytes(arrays, hardware)
+        total = np.sum(list(memory.values()), axis=0).astype(np.int64).tolist()
+        keys = [f"{name}_ms" for name in parts] + [f"{name}_bytes" for name in memory]
+        columns = [v.tolist() for v in parts.values()] + [v.tolist() for v in memory.values()]
+        per_step = (latency / arrays.steps_per_group.sum(axis=1)).tolist()
+        provenance = "analytic"
+        return [CostResult(lat, mem, provenance, {**dict(zip(keys, values, strict=True)), "latency_per_step_ms": step})
+                for lat, mem, step, *values in zip(latency.tolist(), total, per_step, *columns, strict=True)]
 
     def cost(self, plan: Plan, hardware: HardwareSpec) -> CostResult:
         """Latency and memory of one Plan (see :meth:`cost_many` for many)."""
         return self.cost_many([plan], hardware)[0]
+
+    def for_one_block(self) -> AnalyticCostModel:
+        """The same model cut to block 0 (what a profile measures per block)."""
+        linears = [i for i in self.linears if i.block == 0]
+        return AnalyticCostModel(replace(self.shape, num_layers=1), linears, self.prompt_length, self.batch_size,
+                                 self.dense_dtype, self.layout)

@@ -4,6 +4,13 @@ A spec says what a device can do at best (dense peak FLOP/s per compute dtype, m
 and capacity, which low-bit kernels exist, per-call launch overhead) and how far from that best
 real matmuls get: efficiency curves ``eta(M)`` for compute and memory, as ``[M, eta]`` points over
 the token count M, interpolated linearly in log M and held flat outside the points.
+
+A measured profile (:mod:`dlmsearch.cost_models.profile`) adds two optional fields:
+``format_efficiency``, one ``eta_f(M)`` curve per matmul format or model part (see
+:data:`EFFICIENCY_PARTS`): the fraction of the ideal roofline time (peak FLOP/s of the part's
+compute dtype, full memory bandwidth, no launch overhead) that the part reaches on this device, so
+``time = ideal / eta_f(M)``; a value above 1 means faster than the DRAM roofline (a working set that
+stays in cache); and ``profile``, free-form provenance (device, torch version, raw medians and spreads).
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ import yaml
 HARDWARE_KINDS: tuple[str, ...] = ("gpu", "cpu")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynamic", "fp8", "sparse_2_4")
+#: Matmul formats with their own measured efficiency curve (dense dtypes and the real low-bit kernels).
+MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only")
+#: Keys of ``format_efficiency``: matmul formats and the non-linear parts of a denoising step.
+EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "attention", "elementwise", "lm_head", "sampling")
 _FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",
-                            "launch_overhead_s", "efficiency", "source")
+                            "launch_overhead_s", "efficiency", "format_efficiency", "profile", "source")
 
 
 class HardwareSpecError(ValueError):
@@ -45,6 +56,13 @@ class EfficiencyCurve:
                 return e0 + w * (e1 - e0)
         return pts[-1][1]
 
+    def many(self, tokens: Any) -> Any:
+        """Vectorised :meth:`__call__` over a numpy array of token counts."""
+        import numpy as np
+
+        ms = np.log([p[0] for p in self.points])
+        return np.interp(np.log(np.asarray(tokens, dtype=np.float64)), ms, [p[1] for p in self.points])
+
 
 @dataclass(frozen=True)
 class HardwareSpec:
@@ -60,6 +78,17 @@ class HardwareSpec:
     compute_efficiency: EfficiencyCurve = field(default_factory=lambda: EfficiencyCurve(((1.0, 1.0),)))
     memory_efficiency: EfficiencyCurve = field(default_factory=lambda: EfficiencyCurve(((1.0, 1.0),)))
     source: str = ""
+    format_efficiency: Mapping[str, EfficiencyCurve] = field(default_factory=dict)  # measured profiles only
+    profile: Mapping[str, Any] = field(default_factory=dict)  # provenance of a measured profile
+
+    @property
+    def measured(self) -> bool:
+        """True for a measured profile (it carries per-format efficiency curves)."""
+        return bool(self.format_efficiency)
+
+    def part_efficiency(self, part: str) -> EfficiencyCurve | None:
+        """The measured ``eta_f(M)`` of a matmul format or step part, or None (use the generic curves)."""
+        return self.format_efficiency.get(part)
 
     def has_kernel(self, kernel: str) -> bool:
         """True when the device has a real kernel called ``kernel`` (see :data:`KERNELS`)."""
@@ -80,6 +109,9 @@ class HardwareSpec:
                 "kernels": list(self.kernels), "launch_overhead_s": self.launch_overhead_s,
                 "efficiency": {"compute": [list(p) for p in self.compute_efficiency.points],
                                "memory": [list(p) for p in self.memory_efficiency.points]},
+                **({"format_efficiency": {k: [list(p) for p in c.points] for k, c in self.format_efficiency.items()}}
+                   if self.format_efficiency else {}),
+                **({"profile": _plain(self.profile)} if self.profile else {}),
                 **({"source": self.source} if self.source else {})}
 
     def save(self, path: str | Path) -> Path:
@@ -89,16 +121,29 @@ class HardwareSpec:
         return out
 
 
+def _plain(value: Any) -> Any:
+    """Mappings, sequences and numpy scalars as plain YAML-safe Python values."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def _curve(data: Any, path: str, problems: list[str]) -> EfficiencyCurve | None:
+def _curve(data: Any, path: str, problems: list[str], capped: bool = True) -> EfficiencyCurve | None:
     ok = isinstance(data, list) and data and all(
-        isinstance(p, list) and len(p) == 2 and _positive(p[0]) and _positive(p[1]) and p[1] <= 1 for p in data)
+        isinstance(p, list) and len(p) == 2 and _positive(p[0]) and _positive(p[1]) and (p[1] <= 1 or not capped)
+        for p in data)
     if not ok or [p[0] for p in data] != sorted({p[0] for p in data}):
+        allowed = "efficiency in (0, 1]" if capped else "efficiency > 0"
         problems.append(f"{path}: {data!r} is not allowed; allowed: a list of [tokens, efficiency] pairs with "
-                        "increasing tokens > 0 and efficiency in (0, 1]")
+                        f"increasing tokens > 0 and {allowed}")
         return None
     return EfficiencyCurve(tuple((float(m), float(e)) for m, e in data))
 
@@ -160,6 +205,23 @@ def spec_from_dict(data: Any, source: str = "hardware spec") -> HardwareSpec:
         efficiency = {}
     curves = {part: _curve(efficiency[part], f"efficiency.{part}", problems) if part in efficiency
               else EfficiencyCurve(((1.0, 1.0),)) for part in ("compute", "memory")}
+    measured = data.get("format_efficiency", {})
+    if not isinstance(measured, dict):
+        problems.append(f"format_efficiency: {measured!r} is not allowed; allowed: a mapping of part to "
+                        f"[tokens, efficiency] pairs, parts from {', '.join(EFFICIENCY_PARTS)}")
+        measured = {}
+    format_curves: dict[str, EfficiencyCurve] = {}
+    for part, points in measured.items():
+        if part not in EFFICIENCY_PARTS:
+            problems.append(f"format_efficiency.{part}: unknown part; allowed: {', '.join(EFFICIENCY_PARTS)}")
+            continue
+        curve = _curve(points, f"format_efficiency.{part}", problems, capped=False)
+        if curve is not None:
+            format_curves[part] = curve
+    provenance = data.get("profile", {})
+    if not isinstance(provenance, dict):
+        problems.append(f"profile: {provenance!r} is not allowed; allowed: a mapping (measured-profile provenance)")
+        provenance = {}
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise HardwareSpecError(f"{source}: {len(problems)} invalid field(s):\n{listing}")
@@ -169,7 +231,7 @@ def spec_from_dict(data: Any, source: str = "hardware spec") -> HardwareSpec:
                         memory_bandwidth_bytes_per_s=float(data["memory_bandwidth_bytes_per_s"]),
                         memory_bytes=int(data["memory_bytes"]), kernels=tuple(kernels),
                         launch_overhead_s=float(overhead), compute_efficiency=compute, memory_efficiency=memory,
-                        source=str(data.get("source", "")))
+                        source=str(data.get("source", "")), format_efficiency=format_curves, profile=provenance)
 
 
 def _registry() -> dict[str, Path]:
@@ -203,4 +265,6 @@ def describe(spec: HardwareSpec, token_counts: Sequence[int] = (1, 128, 4096)) -
     return (f"{spec.name} ({spec.kind})\n  dense peak FLOP/s: {peaks}\n"
             f"  memory: {spec.memory_bytes / 2**30:.1f} GiB at {spec.memory_bandwidth_bytes_per_s / 1e9:g} GB/s\n"
             f"  kernels: {', '.join(spec.kernels) or 'none'}\n  launch overhead: {spec.launch_overhead_s * 1e6:g} us\n"
-            f"  efficiency compute/memory: {etas}")
+            f"  efficiency compute/memory: {etas}"
+            + "".join(f"\n  measured {part}: " + ", ".join(f"M={m}: {curve(m):.3g}" for m in token_counts)
+                      for part, curve in spec.format_efficiency.items()))

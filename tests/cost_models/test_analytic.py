@@ -78,9 +78,9 @@ def test_per_timestep_bits_are_costed_per_group() -> None:
     assert steps_per_group(10, (0.25, 0.5)) == [3, 2, 5]
     model = AnalyticCostModel(SHAPE, LINEARS)
     hw = _hardware(("int8_dynamic",))
-    w8a8 = model.cost(_plan(layer=LayerPlan((8,), (8,))), hw).latency_ms
+    w8a8 = model.cost(_plan(layer=LayerPlan((8,), (8,), group_size=0)), hw).latency_ms
     dense = model.cost(_plan(), hw).latency_ms
-    half = model.cost(_plan(layer=LayerPlan((8, 16), (8, 16)), boundaries=(0.5,)), hw).latency_ms
+    half = model.cost(_plan(layer=LayerPlan((8, 16), (8, 16), group_size=0), boundaries=(0.5,)), hw).latency_ms
     assert w8a8 < half < dense
     assert half == pytest.approx((w8a8 + dense) / 2)
 
