@@ -149,6 +149,21 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Measure (or load from the cache) this device's profile for a model's shapes; write it as YAML."""
+    from dlmsearch.cost_models.profile import FULL_TOKEN_COUNTS, QUICK_TOKEN_COUNTS, local_profile, profile_summary
+    from dlmsearch.models.loading import load_model
+
+    adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    counts = args.tokens or (QUICK_TOKEN_COUNTS if args.quick else FULL_TOKEN_COUNTS)
+    spec = local_profile(adapter.shape, adapter.linears(), quick=args.quick, refresh=args.refresh,
+                         token_counts=counts)
+    spec.save(args.out)
+    print("\n".join(profile_summary(spec)))
+    print(f"profile: {args.out} (use it as hardware: {args.out}, or hardware: local)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart on the embedded model and print where its report is."""
     from dlmsearch.demo import run_sampler_demo
@@ -219,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = hardware_sub.add_parser("show", help="one spec: a shipped name or a YAML file")
     show.add_argument("name")
     hardware.set_defaults(func=cmd_hardware)
+
+    prof = sub.add_parser("profile", help="measure this device's speed per format (a hardware spec for cost models)")
+    _add_model_args(prof)
+    prof.add_argument("--out", default="profile.yaml", help="YAML file to write (loads with hardware: PATH)")
+    prof.add_argument("--quick", action="store_true", help="4 token counts, few rounds (well under a minute)")
+    prof.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts M to measure")
+    prof.add_argument("--refresh", action="store_true", help="measure again even when a cached profile exists")
+    prof.set_defaults(func=cmd_profile)
 
     demo = sub.add_parser("demo", help="the quickstart on the embedded model")
     demo.add_argument("--out", default="runs/demo", help="folder for the report")

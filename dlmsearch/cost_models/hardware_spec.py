@@ -30,7 +30,7 @@ KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynami
 #: Matmul formats with their own measured efficiency curve (dense dtypes and the real low-bit kernels).
 MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only")
 #: Keys of ``format_efficiency``: matmul formats and the non-linear parts of a denoising step.
-EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "attention", "elementwise", "lm_head", "sampling")
+EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "act_quant", "attention", "elementwise", "lm_head", "sampling")
 _FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",
                             "launch_overhead_s", "efficiency", "format_efficiency", "profile", "source")
 
@@ -104,7 +104,7 @@ class HardwareSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form."""
-        return {"name": self.name, "kind": self.kind, "peak_flops": dict(self.peak_flops),
+        return {"name": self.name, "kind": self.kind, "peak_flops": {k: float(v) for k, v in self.peak_flops.items()},
                 "memory_bandwidth_bytes_per_s": self.memory_bandwidth_bytes_per_s, "memory_bytes": self.memory_bytes,
                 "kernels": list(self.kernels), "launch_overhead_s": self.launch_overhead_s,
                 "efficiency": {"compute": [list(p) for p in self.compute_efficiency.points],
@@ -123,6 +123,8 @@ class HardwareSpec:
 
 def _plain(value: Any) -> Any:
     """Mappings, sequences and numpy scalars as plain YAML-safe Python values."""
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch's TorchVersion) are not YAML-safe
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

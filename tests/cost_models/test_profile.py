@@ -1,0 +1,155 @@
+"""Measured profiles: YAML round trip, the cache behind resolve_hardware, clear errors, calibrated costs.
+
+No absolute-time asserts: timings on a shared CPU drift. A tiny random model keeps measuring fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dlmsearch.cli import main
+from dlmsearch.compress.apply import apply_plan_
+from dlmsearch.cost_models import (
+    AnalyticCostModel,
+    HardwareSpecError,
+    MeasuredCostModel,
+    load_hardware,
+    measure_profile,
+    resolve_hardware,
+    spec_from_dict,
+    tensor_bytes,
+    time_generate,
+)
+from dlmsearch.cost_models import profile as profile_module
+from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec
+from dlmsearch.models.loading import build_random_model
+from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings, uniform_plan
+
+TINY = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128, "vocab_size": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_profile() -> HardwareSpec:
+    adapter = build_random_model("llama", **TINY)
+    return measure_profile(adapter.shape, adapter.linears(), token_counts=(1, 8), reps=1, min_seconds=0.0,
+                           max_rounds=1, progress=False)
+
+
+def test_profile_is_a_spec_that_round_trips_through_yaml(tiny_profile: HardwareSpec, tmp_path: Path) -> None:
+    assert tiny_profile.measured and tiny_profile.kind == "cpu"
+    assert {"fp32", "bf16", "attention", "elementwise", "lm_head", "sampling"} <= set(tiny_profile.format_efficiency)
+    assert tiny_profile.profile["format"] == "dlmsearch.profile" and tiny_profile.profile["samples"]
+    for curve in tiny_profile.format_efficiency.values():
+        assert [m for m, _ in curve.points] == [1.0, 8.0] and all(e > 0 for _, e in curve.points)
+    loaded = load_hardware(tiny_profile.save(tmp_path / "profile.yaml"))
+    assert loaded == tiny_profile
+
+
+def test_old_specs_without_profile_fields_stay_valid() -> None:
+    spec = load_hardware("x86-avx512-laptop")
+    assert not spec.measured and spec.format_efficiency == {} and spec.profile == {}
+
+
+def _profile_dict(spec: HardwareSpec) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(spec.to_dict()))
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda d: d["format_efficiency"].update(int3_magic=[[1, 0.5]]), "format_efficiency.int3_magic: unknown part"),
+    (lambda d: d["format_efficiency"].update(fp32=[[8, 0.5], [1, 0.4]]), "format_efficiency.fp32"),
+    (lambda d: d["format_efficiency"].update(attention=[[1, -2]]), "format_efficiency.attention"),
+    (lambda d: d.update(format_efficiency=[1, 2]), "format_efficiency: [1, 2]"),
+    (lambda d: d.update(profile="measured yesterday"), "profile: 'measured yesterday'"),
+])
+def test_malformed_profile_names_the_field(tiny_profile: HardwareSpec, change: Any, expected: str) -> None:
+    data = _profile_dict(tiny_profile)
+    change(data)
+    with pytest.raises(HardwareSpecError) as info:
+        spec_from_dict(data, "profile.yaml")
+    assert expected in str(info.value) and "profile.yaml" in str(info.value)
+
+
+def test_resolve_hardware_loads_names_paths_and_the_cached_local_profile(
+        tiny_profile: HardwareSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_hardware("a100-80gb") == load_hardware("a100-80gb")
+    path = tiny_profile.save(tmp_path / "mine.yaml")
+    assert resolve_hardware(str(path)) == tiny_profile
+    monkeypatch.setenv("DLMSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(profile_module, "QUICK_TOKEN_COUNTS", (1, 4))
+    calls = []
+    real = profile_module.measure_profile
+
+    def counting(*args: Any, **kwargs: Any) -> HardwareSpec:
+        calls.append(kwargs)
+        return real(*args, **{**kwargs, "reps": 1, "min_seconds": 0.0, "max_rounds": 1})
+
+    monkeypatch.setattr(profile_module, "measure_profile", counting)
+    adapter = build_random_model("llama", **TINY)
+    first = resolve_hardware("local", adapter.shape, adapter.linears())
+    second = resolve_hardware("local", adapter.shape, adapter.linears())
+    assert len(calls) == 1 and first == second and first.measured  # the second came from the cache
+    assert list((tmp_path / "cache" / "profiles").glob("*.yaml"))
+    with pytest.raises(HardwareSpecError, match="neither a shipped spec"):
+        resolve_hardware("no-such-device")
+
+
+def _plan(layer: LayerPlan, names: list[str], steps: int = 4) -> Plan:
+    return Plan(ModelRef("toy"), SamplerSettings(steps=steps, gen_length=8, block_length=8), (), "nested",
+                dict.fromkeys(names, layer))
+
+
+def test_calibrated_model_divides_the_ideal_time_by_the_profile_curves(tiny_profile: HardwareSpec) -> None:
+    adapter = build_random_model("llama", **TINY)
+    names = [i.name for i in adapter.linears()]
+    model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, dense_dtype="fp32")
+    dense, int4 = _plan(LayerPlan(group_size=0), names), _plan(LayerPlan((4,), (16,), group_size=32), names)
+    arrays = model.encode([dense, int4])
+    ideal = model.ideal_part_times(arrays, tiny_profile)
+    parts = model.step_times(arrays, tiny_profile)
+    fp32, int4_eta = tiny_profile.format_efficiency["fp32"](16), tiny_profile.format_efficiency["int4_weight_only"](16)
+    assert parts["linear"][0, 0] == pytest.approx(ideal["linear:fp32"][0, 0] / fp32)
+    assert parts["linear"][1, 0] == pytest.approx(ideal["linear:int4_weight_only"][1, 0] / int4_eta)
+    for part in ("attention", "elementwise", "lm_head", "sampling"):
+        eta = tiny_profile.format_efficiency[part](16)
+        assert parts[part][0, 0] == pytest.approx(ideal[part][0, 0] / eta)
+    slower = replace(tiny_profile, format_efficiency={**tiny_profile.format_efficiency,
+                                                      "fp32": EfficiencyCurve(((1.0, fp32 / 2),))})
+    assert model.step_times(arrays, slower)["linear"][0, 0] == pytest.approx(2 * parts["linear"][0, 0])
+    assert model.step_times(arrays, slower)["linear"][1, 0] == pytest.approx(parts["linear"][1, 0])
+
+
+def test_generate_is_timed_and_runtime_memory_matches_held_tensors(tiny_profile: HardwareSpec) -> None:
+    adapter = build_random_model("llama", **TINY)
+    plan = uniform_plan(adapter, weight_bits=4, group_size=32, steps=2, gen_length=8)
+    apply_plan_(adapter, plan, use_kernels=True)
+    timing = time_generate(adapter, plan.sampler, prompt_length=8, repeats=2)
+    assert timing.median_ms > 0 and len(timing.times_ms) == 2 and timing.tokens == 16
+    held = tensor_bytes(adapter.model)
+    model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, dense_dtype="fp32",
+                              layout="runtime")
+    predicted = model.cost(plan, tiny_profile).breakdown["weights_bytes"]
+    assert predicted == pytest.approx(held, rel=0.02)  # norms are the only tensors the model leaves out
+
+
+def test_measured_cost_model_reports_measured_provenance(tiny_profile: HardwareSpec) -> None:
+    model = MeasuredCostModel(lambda: build_random_model("llama", **TINY), prompt_length=4, repeats=1)
+    adapter = build_random_model("llama", **TINY)
+    result = model.cost(uniform_plan(adapter, weight_bits=8, group_size=0, steps=2, gen_length=8), tiny_profile)
+    assert result.provenance == "measured" and result.latency_ms > 0 and result.peak_mem_bytes > 0
+    with pytest.raises(ValueError, match="local device"):
+        model.cost(uniform_plan(adapter, steps=2, gen_length=8), load_hardware("a100-80gb"))
+
+
+def test_cli_profile_writes_a_loadable_spec(tiny_profile: HardwareSpec, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    monkeypatch.setattr(profile_module, "local_profile", lambda *a, **k: tiny_profile)
+    out = tmp_path / "p.yaml"
+    assert main(["profile", "--out", str(out), "--quick"]) == 0
+    assert load_hardware(out) == tiny_profile
+    assert "fp32" in capsys.readouterr().out
