@@ -104,8 +104,10 @@ def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
 
 def _layer_row(weight_bits: tuple[int, ...], act_bits: tuple[int, ...], sparsity: float, structure: str,
                group_size: int, groups: int) -> tuple[tuple[int, ...], tuple[int, ...], float, int, int]:
-    pad = (16,) * (groups - len(weight_bits))
-    return weight_bits + pad, act_bits + pad, sparsity, _STRUCTURES[structure], group_size
+    # padding repeats the last group: no new bit-width to store (padded groups run no steps)
+    pad = groups - len(weight_bits)
+    return (weight_bits + weight_bits[-1:] * pad, act_bits + act_bits[-1:] * pad, sparsity, _STRUCTURES[structure],
+            group_size)
 
 
 class AnalyticCostModel(BaseCostModel):

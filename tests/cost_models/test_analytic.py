@@ -96,3 +96,22 @@ def test_nested_and_copies_memory_differ_as_documented() -> None:
     embeddings = 2 * 1000 * 256 * 2
     assert nested == pytest.approx(params * 8 / 8 + scales + embeddings)  # one master at the top precision
     assert copies == pytest.approx(params * (8 + 4 + 2) / 8 + 3 * scales + embeddings)  # one copy per bit-width
+
+
+def test_costing_plans_together_changes_no_plan() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware(("int4_weight_only",))
+    one_group = _plan(layer=LayerPlan((4,), (16,), group_size=64))
+    two_groups = _plan(layer=LayerPlan((8, 4), (16, 16), group_size=64), boundaries=(0.5,))
+    alone = model.cost(one_group, hw)
+    together = model.cost_many([one_group, two_groups], hw)[0]
+    assert together.latency_ms == pytest.approx(alone.latency_ms)
+    assert together.peak_mem_bytes == alone.peak_mem_bytes  # padding adds no 16-bit copy
+
+
+def test_int8_kernels_need_per_channel_weights() -> None:
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware(("int8_weight_only", "int8_dynamic"))
+    per_group = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=64))]), hw)
+    per_channel = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=0))]), hw)
+    assert (per_group == 0).all() and (per_channel == 1).all()  # dense (dequantized) vs int8_dynamic
