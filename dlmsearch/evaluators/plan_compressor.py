@@ -15,11 +15,16 @@ class PlanCompressor:
     Statistics for every pruning method and GPTQ are computed once, on first need, from
     ``calibration`` (default: ``calibration_sequences`` windows of the calibration plays).
     Quantized layers simulate (dequantize-then-matmul): evaluators measure quality, not speed.
+    The last compressed copy is kept (``keep_last``), so that scoring one Plan at both fidelities,
+    or with several evaluators sharing this compressor, compresses it once; callers must not
+    change the returned model.
     """
 
     def __init__(self, dense: DLMAdapter, calibration: CalibrationSet | None = None,
-                 calibration_sequences: int = 32, seed: int = 0) -> None:
+                 calibration_sequences: int = 32, seed: int = 0, keep_last: bool = True) -> None:
         self.dense = dense
+        self.keep_last = keep_last
+        self._last: tuple[Plan, DLMAdapter] | None = None
         self._calibration = calibration
         self._calibration_sequences = calibration_sequences
         self._seed = seed
@@ -34,10 +39,19 @@ class PlanCompressor:
             self._statistics = CalibrationStatistics.compute(self.dense, calib, PRUNE_METHODS[1:], layers)
         return self._statistics
 
+    def clear(self) -> None:
+        """Forget the kept compressed copy (benchmarks call it to time compression too)."""
+        self._last = None
+
     def compressed(self, plan: Plan) -> DLMAdapter:
-        """A compressed copy of the dense model."""
+        """A compressed copy of the dense model (the kept one when ``plan`` equals the last Plan)."""
+        if self._last is not None and self._last[0] == plan:
+            return self._last[1]
+        self._last = None
         model = copy.deepcopy(self.dense)
         needs_stats = any((lp.sparsity > 0 and lp.prune_method != "magnitude") or lp.quant_method == "gptq"
                           for lp in plan.layers.values())
         apply_plan_(model, plan, statistics=self.statistics() if needs_stats else None, use_kernels=False)
+        if self.keep_last:
+            self._last = (plan, model)
         return model

@@ -37,7 +37,7 @@ from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_dige
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo, mask_tokens, stratified_mask_probs
 from dlmsearch.models.sampler import generate
-from dlmsearch.plan import Plan
+from dlmsearch.plan import Plan, SamplerSettings
 
 logger = logging.getLogger("dlmsearch.evaluators.proxy")
 
@@ -58,26 +58,62 @@ class ProxySettings:
     calibration_sequences: int = 32
     seed: int = 0
     split: str = "evaluation"
+    batch_size: int = 32  # masked states per forward pass
+    step_rows: int = 8  # prompted and unconditional rows of the cached dense step term (Plan-independent)
+    nelbo_repeats: int = 16  # masked states per generated row for its NELBO
 
 
 @dataclass(frozen=True)
 class MaskedStates:
-    """The fixed masked states: ids (S, L), masked positions (S, L), mask ratio (S,), window index (S,)."""
+    """The fixed masked states: ids (S, L), masked positions (S, L), mask ratio (S,), window index (S,).
+
+    States are ordered by part (the low-fidelity windows first), then by mask ratio; ``chunks``
+    are the fixed ``[start, end)`` batches the model runs on, and the first ``low_chunks`` of them
+    hold exactly the low-fidelity states.
+    """
 
     ids: torch.Tensor
     masked: torch.Tensor
     mask_ratio: torch.Tensor
     window: torch.Tensor
+    chunks: tuple[tuple[int, int], ...] = ()
+    low_chunks: int = 0
 
 
-def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int, seed: int) -> MaskedStates:
-    """Each window masked ``repeats`` times; ratios form one stratified grid over all states."""
+def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int, seed: int,
+                        low_windows: int | None = None, batch_size: int = 32) -> MaskedStates:
+    """Each window masked ``repeats`` times at stratified mask ratios.
+
+    The first ``low_windows`` windows (the low fidelity) get their own stratified grid of
+    ``low_windows * repeats`` ratios, the remaining windows another, so that both fidelities
+    cover the whole denoising range evenly. Ratios are assigned to windows in a seeded random
+    order; the states of each part are then sorted by ratio and cut into batches of
+    ``batch_size`` (sorting keeps most batches inside one timestep group).
+    """
     n = windows.shape[0]
-    ratios = stratified_mask_probs(n * repeats)
-    ratios = ratios[torch.randperm(n * repeats, generator=torch.Generator().manual_seed(seed))]
-    tiled = windows.repeat(repeats, 1)
-    ids, masked = mask_tokens(tiled, ratios, mask_token_id, torch.Generator().manual_seed(seed + 1))
-    return MaskedStates(ids, masked, ratios, torch.arange(n).repeat(repeats))
+    low = n if low_windows is None else max(0, min(low_windows, n))
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for first, last in ((0, low), (low, n)):
+        count = (last - first) * repeats
+        if count == 0:
+            continue
+        ratios = stratified_mask_probs(count)[torch.randperm(count, generator=generator)]
+        window = torch.arange(first, last).repeat(repeats)
+        order = torch.sort(ratios, stable=True).indices
+        parts.append((ratios[order], window[order]))
+    ratios = torch.cat([r for r, _ in parts])
+    window = torch.cat([w for _, w in parts])
+    ids, masked = mask_tokens(windows[window], ratios, mask_token_id, torch.Generator().manual_seed(seed + 1))
+    chunks: list[tuple[int, int]] = []
+    low_chunks, start = 0, 0
+    for index, (part_ratios, _) in enumerate(parts):
+        end = start + len(part_ratios)
+        chunks += [(b, min(b + batch_size, end)) for b in range(start, end, batch_size)]
+        if index == 0 and low > 0:
+            low_chunks = len(chunks)
+        start = end
+    return MaskedStates(ids, masked, ratios, window, tuple(chunks), low_chunks)
 
 
 class ProxyEvaluator(BaseEvaluator):
@@ -93,7 +129,8 @@ class ProxyEvaluator(BaseEvaluator):
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         self.windows = eval_windows(ids, length, s.windows)
-        self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed)
+        self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed,
+                                          min(s.low_fidelity_windows, s.windows), s.batch_size)
         self.model_digest = model_digest(adapter)
         self._reference = self._reference_logprobs()
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
@@ -105,30 +142,47 @@ class ProxyEvaluator(BaseEvaluator):
         return cache_key(self.model_digest, {**dataclasses.asdict(self.settings), **extra})
 
     def _reference_logprobs(self) -> list[torch.Tensor]:
+        """Dense log-probabilities at the masked positions of each chunk of states, (positions, V)."""
         def compute() -> dict[str, torch.Tensor]:
-            rows = [self._logprobs(self.dense, i)[self.states.masked[i]] for i in range(len(self.states.ids))]
-            return {f"state{i}": row for i, row in enumerate(rows)}
+            everything: dict[int | None, torch.Tensor] = {None: torch.ones(self.settings.batch_size, dtype=torch.bool)}
+            return {f"chunk{c}": self._chunk_logprobs(self.dense, c, everything)
+                    for c in range(len(self.states.chunks))}
 
         cached = cached_tensors("reference_logprobs", self._key(kind="masked_states"), compute)
-        return [cached[f"state{i}"] for i in range(len(self.states.ids))]
+        return [cached[f"chunk{c}"] for c in range(len(self.states.chunks))]
 
     @torch.no_grad()
-    def _logprobs(self, adapter: DLMAdapter, state: int) -> torch.Tensor:
-        logits = adapter.forward_logits(self.states.ids[state:state + 1].to(adapter.device))[0]
-        return torch.log_softmax(logits.float(), dim=-1).cpu()
+    def _chunk_logprobs(self, adapter: DLMAdapter, chunk: int,
+                        rows_by_group: dict[int | None, torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities at the masked positions of ``chunk``: one batched forward per timestep group
+        (``rows_by_group`` maps a group, or None for the step-free default, to the rows it serves)."""
+        start, end = self.states.chunks[chunk]
+        ids = self.states.ids[start:end]
+        out: torch.Tensor | None = None
+        for group, rows in rows_by_group.items():
+            with force_timestep_group(adapter.model, group):
+                logits = adapter.forward_logits(ids.to(adapter.device))
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            out = logp if out is None else torch.where(rows[:len(ids), None, None], logp, out)
+        assert out is not None
+        return out[self.states.masked[start:end]]
 
     def _prompts(self, count: int, gen_length: int) -> torch.Tensor:
         length = max(1, min(self.settings.prompt_length, self.dense.shape.max_length - gen_length))
         return self.windows[:count, :length]
 
     def _reference_generation(self, plan: Plan, prompts: torch.Tensor) -> tuple[torch.Tensor, float]:
-        sampler = plan.sampler
-        key = self._key(kind="trajectory", gen_length=sampler.gen_length, block_length=sampler.block_length,
-                        prompts=prompts.shape[0])
+        """The dense model's generation at one token per step, and its NELBO (cached on disk)."""
+        best = dataclasses.replace(plan.sampler, steps=plan.sampler.gen_length, remasking="low_confidence",
+                                   temperature=0.0)
+        return self._dense_generation(best, prompts)
+
+    def _dense_generation(self, sampler: SamplerSettings, prompts: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The dense model's generation with ``sampler``, and its NELBO (cached on disk: Plan-independent)."""
+        key = self._key(kind="trajectory", prompts=prompts.shape[0], **dataclasses.asdict(sampler))
 
         def compute() -> dict[str, torch.Tensor]:
-            out = generate(self.dense, prompts, gen_length=sampler.gen_length, steps=sampler.gen_length,
-                           block_length=sampler.block_length, seed=self.settings.seed)
+            out = generate(self.dense, prompts, seed=self.settings.seed, **dataclasses.asdict(sampler))
             return {"tokens": out, "nelbo": torch.tensor([self._nelbo(out)], dtype=torch.float64)}
 
         cached = cached_tensors("reference_generations", key, compute)
@@ -136,7 +190,7 @@ class ProxyEvaluator(BaseEvaluator):
 
     def _nelbo(self, sequences: torch.Tensor) -> float:
         return evaluate_nelbo(self.dense.forward_logits, sequences.cpu(), self.dense.mask_token_id,
-                              seed=self.settings.seed)
+                              seed=self.settings.seed, repeats=self.settings.nelbo_repeats, batch_size=64)
 
     # ------------------------------------------------------------ evaluation
 
@@ -144,20 +198,47 @@ class ProxyEvaluator(BaseEvaluator):
         """A compressed copy of the dense model (the dense model itself is never changed)."""
         return self.compressor.compressed(plan)
 
+    def _rows_by_group(self, plan: Plan, chunk: int) -> dict[int | None, torch.Tensor]:
+        """Rows of ``chunk`` per timestep group; groups with identical precision share one forward."""
+        start, end = self.states.chunks[chunk]
+        groups = torch.tensor([plan.timestep_group(1.0 - float(r)) for r in self.states.mask_ratio[start:end]])
+        settings = [tuple((lp.weight_bits[g], lp.act_bits[g]) for lp in plan.layers.values())
+                    for g in range(len(plan.timestep_groups) + 1)]
+        by_group: dict[int | None, torch.Tensor] = {}
+        for g in sorted(set(groups.tolist())):
+            first = settings.index(settings[g])  # the lowest group with the same precision everywhere
+            rows = groups == g
+            previous = by_group.get(first)
+            by_group[first] = rows if previous is None else previous | rows
+        return by_group
+
     @torch.no_grad()
     def masked_kl(self, model: DLMAdapter, plan: Plan, windows: int) -> float:
         """Mean KL(dense || compressed) over the masked positions of the states of the first ``windows``."""
-        total, count = 0.0, 0
-        for state in range(len(self.states.ids)):
-            if int(self.states.window[state]) >= windows:
-                continue
-            group = plan.timestep_group(1.0 - float(self.states.mask_ratio[state]))
-            with force_timestep_group(model.model, group):
-                logq = self._logprobs(model, state)[self.states.masked[state]]
-            logp = self._reference[state]
-            total += float((logp.exp() * (logp - logq)).sum())
-            count += logp.shape[0]
-        return total / max(count, 1)
+        return self.masked_kl_parts(model, plan, windows)["kl"]
+
+    @torch.no_grad()
+    def masked_kl_parts(self, model: DLMAdapter, plan: Plan, windows: int) -> dict[str, float]:
+        """KL(dense || compressed) at the masked states of the first ``windows`` windows.
+
+        ``kl``: mean over masked positions; ``kl_state``: mean over states of each state's mean
+        (every denoising stage counts equally, as every sampler step does).
+        """
+        low = windows <= self.settings.low_fidelity_windows
+        chunks = range(self.states.low_chunks) if low else range(len(self.states.chunks))
+        total, count, state_means = 0.0, 0, []
+        for c in chunks:
+            start, end = self.states.chunks[c]
+            logq = self._chunk_logprobs(model, c, self._rows_by_group(plan, c))
+            logp = self._reference[c]
+            per_position = (logp.exp() * (logp - logq)).sum(dim=-1).double()
+            row = self.states.masked[start:end].nonzero()[:, 0]
+            sums = torch.zeros(end - start, dtype=torch.float64).index_add_(0, row, per_position)
+            counts = self.states.masked[start:end].sum(dim=1)
+            total += float(sums.sum())
+            count += int(counts.sum())
+            state_means += (sums[counts > 0] / counts[counts > 0]).tolist()
+        return {"kl": total / max(count, 1), "kl_state": sum(state_means) / max(len(state_means), 1)}
 
     def masked_kl_of(self, plan: Plan, fidelity: str = "low") -> float:
         """KL term alone of ``plan`` (no generation): what sensitivity profiles measure."""
@@ -178,7 +259,25 @@ class ProxyEvaluator(BaseEvaluator):
         agreement = float((out[:, start:] == reference[:, start:]).float().mean())
         gap = self._nelbo(out) - reference_nelbo
         value = max(0.0, gap) + AGREEMENT_WEIGHT * (1.0 - agreement)
-        return {"trajectory": value, "trajectory_nelbo_gap": gap, "trajectory_agreement": agreement}
+        return {"trajectory": value, "trajectory_nelbo_gap": gap, "trajectory_agreement": agreement,
+                **self.step_term(sampler)}
+
+    def step_term(self, sampler: SamplerSettings) -> dict[str, float]:
+        """What the Plan's step count costs the dense model itself (Plan-independent, cached on disk).
+
+        ``step_rows`` prompted rows (the Plan's sampler) and as many unconditional rows (temperature
+        1) are generated by the dense model with the Plan's steps and at one token per step; the
+        NELBO gaps (dense model's NELBO, plan steps minus one token per step) of both sets.
+        """
+        rows = self.settings.step_rows
+        prompts = self._prompts(rows, sampler.gen_length)
+        empty = torch.empty(rows, 0, dtype=torch.long)
+        sampled = dataclasses.replace(sampler, temperature=1.0)
+        best = dataclasses.replace(sampler, steps=sampler.gen_length)
+        best_sampled = dataclasses.replace(sampled, steps=sampler.gen_length)
+        prompted_gap = self._dense_generation(sampler, prompts)[1] - self._dense_generation(best, prompts)[1]
+        free_gap = self._dense_generation(sampled, empty)[1] - self._dense_generation(best_sampled, empty)[1]
+        return {"steps_prompted_gap": prompted_gap, "steps_unconditional_gap": free_gap}
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
         """Proxy score of ``plan`` (see the module docstring)."""
@@ -187,7 +286,7 @@ class ProxyEvaluator(BaseEvaluator):
         plan.validate_for(self.dense)
         model = self.compressed(plan)
         low = fidelity == "low"
-        kl = self.masked_kl(model, plan, s.low_fidelity_windows if low else s.windows)
+        kl_parts = self.masked_kl_parts(model, plan, s.low_fidelity_windows if low else s.windows)
         parts = self.trajectory(model, plan, 1 if low else s.trajectory_prompts)
-        score = kl + s.trajectory_weight * parts["trajectory"]
-        return QualityResult(score, {"kl": kl, **parts}, fidelity)
+        score = kl_parts["kl"] + s.trajectory_weight * parts["trajectory"]
+        return QualityResult(score, {**kl_parts, **parts}, fidelity)
