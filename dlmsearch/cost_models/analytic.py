@@ -13,7 +13,8 @@ processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per 
 other 8-bit per-channel weights run ``int8_weight_only``; 2/3/4-bit weights whose group is a
 multiple of 32 (and ``N % 16 == 0`` on CPUs, ``N % 8 == 0`` and ``K % 32 == 0`` on GPUs) run
 ``int4_weight_only``; both weight-only kernels compute in the model's dense dtype. Every other
-quantized weight is dequantized once and multiplied densely (dense bytes, dense peak): per-group
+quantized weight is dequantized once and multiplied densely (dense bytes, dense peak; format
+``simulated``, which a profile times separately because the quantized layer adds Python work): per-group
 8-bit weights, for example, have no kernel and cost dense time. Activations quantized outside a
 W8A8 kernel cost :data:`FAKE_QUANT_PASSES` read+write passes over the input. Structured pruning
 shrinks K or N; unstructured sparsity changes nothing (no sparse kernel runs it). Attention adds
@@ -58,9 +59,15 @@ FAKE_QUANT_PASSES = 4  # absmax, divide+round, clamp, rescale: read+write passes
 TINYGEMM_GROUPS = (256, 128, 64, 32)  # group sizes the int4 kernels take (compress.kernels)
 _STRUCTURES = {"unstructured": 0, "2:4": 1, "heads": 2, "channels": 3}
 #: Format codes of a linear in one timestep group: dense (the model's dtype) or a real kernel.
-DENSE, INT8_DYNAMIC, INT8_WEIGHT_ONLY, INT4_WEIGHT_ONLY = 0, 1, 2, 3
+DENSE, INT8_DYNAMIC, INT8_WEIGHT_ONLY, INT4_WEIGHT_ONLY, SIMULATED = 0, 1, 2, 3, 4
 KERNEL_FORMATS = {INT8_DYNAMIC: "int8_dynamic", INT8_WEIGHT_ONLY: "int8_weight_only",
-                  INT4_WEIGHT_ONLY: "int4_weight_only"}
+                  INT4_WEIGHT_ONLY: "int4_weight_only", SIMULATED: "simulated"}
+#: Framework calls per step part, each paying ``launch_overhead_s`` (eager PyTorch / HF Llama block:
+#: two RMSNorms of ~7 ops, rotary embedding ~12, reshapes, residual adds, SiLU and product).
+ATTENTION_LAUNCHES_PER_LAYER = 4  # repeat_kv / transpose / SDPA / reshape
+ELEMENTWISE_LAUNCHES_PER_LAYER = 36
+LM_HEAD_LAUNCHES = 8  # embedding, final norm, rotary tables, attention mask, head
+SAMPLING_LAUNCHES = 10  # mask fill, argmax, softmax, gather, masked_fill, topk, scatter, where
 PARTS: tuple[str, ...] = ("linear", "act_quant", "attention", "elementwise", "lm_head", "sampling")
 
 
@@ -210,8 +217,9 @@ class AnalyticCostModel(BaseCostModel):
         span_ok = (a.group_size % TINYGEMM_GROUPS[-1] == 0)
         shape_ok = (n % 16 == 0) if hw.kind == "cpu" else (n % 8 == 0) & (k % 32 == 0)
         int4 = (wb <= 4) & (span_ok & shape_ok)[:, :, None] & hw.has_kernel("int4_weight_only")
-        return np.where(int8_dynamic, INT8_DYNAMIC, np.where(int8_weight_only, INT8_WEIGHT_ONLY,
-                                                             np.where(int4, INT4_WEIGHT_ONLY, DENSE)))
+        quantized = (wb < 16) | (ab < 16)  # a QuantizedLinear: without a kernel it dequantizes (simulates)
+        return np.where(int8_dynamic, INT8_DYNAMIC, np.where(int8_weight_only, INT8_WEIGHT_ONLY, np.where(
+            int4, INT4_WEIGHT_ONLY, np.where(quantized, SIMULATED, DENSE))))
 
     # ------------------------------------------------------------ latency
 
@@ -222,8 +230,9 @@ class AnalyticCostModel(BaseCostModel):
         m = a.tokens[:, None, None]
         fmt = self.formats(a, hw)
         db = self.dense_bytes
-        stored_bits = np.where(fmt == INT4_WEIGHT_ONLY, 4.0, np.where(fmt == DENSE, 8.0 * db, 8.0))
-        scale_bytes = np.where(fmt != DENSE, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
+        dense = (fmt == DENSE) | (fmt == SIMULATED)
+        stored_bits = np.where(fmt == INT4_WEIGHT_ONLY, 4.0, np.where(dense, 8.0 * db, 8.0))
+        scale_bytes = np.where(~dense, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
         act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, db)
         peak = np.where(fmt == INT8_DYNAMIC, hw.peak("int8"), hw.peak(self.dense_dtype))
         two_four = (a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
@@ -242,11 +251,18 @@ class AnalyticCostModel(BaseCostModel):
         channels = s.intermediate_size * self._block_keep(a, attention=False)
         elementwise_bytes = (tokens * (6 * s.hidden_size + 3 * channels) * db).sum(axis=1, keepdims=True)
         zero = np.zeros_like(tokens)
-        return {"attention": (attn_flops, attn_bytes, 2 * s.num_layers),
-                "elementwise": (zero, elementwise_bytes, 4 * s.num_layers),
+        return {"attention": (attn_flops, attn_bytes, ATTENTION_LAUNCHES_PER_LAYER * s.num_layers),
+                "elementwise": (zero, elementwise_bytes, ELEMENTWISE_LAUNCHES_PER_LAYER * s.num_layers),
                 "lm_head": (2.0 * tokens * s.hidden_size * s.vocab_size,
-                            s.hidden_size * s.vocab_size * db + tokens * s.vocab_size * 4, 0),
-                "sampling": (zero, 3 * tokens * s.vocab_size * 4, 4)}
+                            s.hidden_size * s.vocab_size * db + tokens * s.vocab_size * 4, LM_HEAD_LAUNCHES),
+                "sampling": (zero, 3 * tokens * s.vocab_size * 4, SAMPLING_LAUNCHES)}
+
+    def part_launches(self) -> dict[str, int]:
+        """Framework calls per step of each non-linear part (each pays the launch overhead)."""
+        s = self.shape
+        return {"attention": ATTENTION_LAUNCHES_PER_LAYER * s.num_layers,
+                "elementwise": ELEMENTWISE_LAUNCHES_PER_LAYER * s.num_layers, "lm_head": LM_HEAD_LAUNCHES,
+                "sampling": SAMPLING_LAUNCHES}
 
     def ideal_part_times(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, np.ndarray]:
         """Roofline seconds per step at full peak and bandwidth, no launch overhead, per part ((P, G) each).
@@ -276,8 +292,11 @@ class AnalyticCostModel(BaseCostModel):
         ideal = np.maximum(flops / peak, data / bw)
         for code, name in ((DENSE, self.dense_dtype), *KERNEL_FORMATS.items()):
             curve = hw.part_efficiency(name)
+            if curve is None and code == SIMULATED:
+                curve = hw.part_efficiency(self.dense_dtype)  # dequantized weights multiply densely
             if curve is not None:
-                linear = np.where(fmt == code, ideal / curve.many(unique)[where][:, None, None], linear)
+                eta = curve.many(unique)[where][:, None, None]
+                linear = np.where(fmt == code, ideal / eta + launch, linear)
         act_curve = hw.part_efficiency("act_quant")
         act_eta = act_curve.many(unique)[where][:, None, None] if act_curve is not None else eta_m
         act_quant = np.where(fake > 0, fake / (act_eta * bw) + (0.0 if act_curve is not None else launch), 0.0)
@@ -287,7 +306,8 @@ class AnalyticCostModel(BaseCostModel):
         for part, (part_flops, part_bytes, launches) in self._other_terms(a, hw).items():
             curve = hw.part_efficiency(part)
             if curve is not None:
-                seconds = np.maximum(part_flops / dense_peak, part_bytes / bw) / curve.many(unique)[where][:, None]
+                seconds = (np.maximum(part_flops / dense_peak, part_bytes / bw) / curve.many(unique)[where][:, None]
+                           + launches * launch)
             else:
                 c, m_ = eta_c[:, :, 0], eta_m[:, :, 0]
                 seconds = np.maximum(part_flops / (c * dense_peak), part_bytes / (m_ * bw)) + launches * launch
@@ -349,7 +369,7 @@ class AnalyticCostModel(BaseCostModel):
                     extra += ((fmt == INT4_WEIGHT_ONLY) & (wb == bits)).any(axis=2) * int4_bytes
             if layout.dequantized_copies:
                 for bits in (2, 3, 4, 8):
-                    extra += ((fmt == DENSE) & (wb == bits)).any(axis=2) * k * n * db
+                    extra += ((fmt == SIMULATED) & (wb == bits)).any(axis=2) * k * n * db
             weights = weights + extra
         s = self.shape
         embeddings = np.full(len(a.tokens), 2.0 * s.vocab_size * s.hidden_size * db)

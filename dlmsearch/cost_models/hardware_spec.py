@@ -9,8 +9,9 @@ A measured profile (:mod:`dlmsearch.cost_models.profile`) adds two optional fiel
 ``format_efficiency``, one ``eta_f(M)`` curve per matmul format or model part (see
 :data:`EFFICIENCY_PARTS`): the fraction of the ideal roofline time (peak FLOP/s of the part's
 compute dtype, full memory bandwidth, no launch overhead) that the part reaches on this device, so
-``time = ideal / eta_f(M)``; a value above 1 means faster than the DRAM roofline (a working set that
-stays in cache); and ``profile``, free-form provenance (device, torch version, raw medians and spreads).
+``time = ideal / eta_f(M) + launch_overhead_s`` per call; a value above 1 means faster than the DRAM
+roofline (a working set that stays in cache); and ``profile``, free-form provenance (device, torch
+version, raw medians and spreads).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ HARDWARE_KINDS: tuple[str, ...] = ("gpu", "cpu")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
 KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynamic", "fp8", "sparse_2_4")
 #: Matmul formats with their own measured efficiency curve (dense dtypes and the real low-bit kernels).
-MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only")
+MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only",
+                                   "simulated")
 #: Keys of ``format_efficiency``: matmul formats and the non-linear parts of a denoising step.
 EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "act_quant", "attention", "elementwise", "lm_head", "sampling")
 _FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",

@@ -66,8 +66,9 @@ LOCAL = "local"
 _MIB = 2**20
 #: Weight formats a profile times: name -> (weight bits, act bits, per channel?) as QuantizedLinear runs them.
 LINEAR_FORMATS: dict[str, tuple[int, int, bool]] = {
-    "int8_dynamic": (8, 8, True), "int8_weight_only": (8, 16, True), "int4_weight_only": (4, 16, False)}
-_KERNEL_OF_FORMAT = {name: name for name in LINEAR_FORMATS}
+    "int8_dynamic": (8, 8, True), "int8_weight_only": (8, 16, True), "int4_weight_only": (4, 16, False),
+    "simulated": (8, 16, False)}  # per-group 8-bit: no kernel anywhere, dequantized once, dense matmul
+_KERNEL_OF_FORMAT = {name: name for name in LINEAR_FORMATS if name != "simulated"}
 _MAX_VOCAB_PROBE = 8192  # the one-block model uses at most this vocabulary (LM head scaled by ideal time)
 
 
@@ -222,6 +223,22 @@ def _peaks(device: torch.device) -> tuple[dict[str, float], float]:
     return peaks, bandwidth
 
 
+def _launch_overhead(device: torch.device) -> float:
+    """Seconds of one tiny ``nn.Linear`` call: the per-call framework cost every op pays."""
+    tiny, x = nn.Linear(16, 16, bias=False).to(device), torch.randn(1, 16, device=device)
+    with torch.inference_mode():
+        for _ in range(20):
+            tiny(x)
+        times = []
+        for _ in range(200):
+            _sync(device)
+            start = time.perf_counter()
+            tiny(x)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 # ---------------------------------------------------------------- what is timed
 
 
@@ -254,6 +271,11 @@ def _module_bytes(module: nn.Module) -> int:
     return total
 
 
+def _simulated_group(k: int) -> int:
+    """A group size for 8-bit weights that no int8 kernel takes (not per channel)."""
+    return next((g for g in (64, 32, 16) if k % g == 0 and g < k), 0)
+
+
 def _int4_group(k: int) -> int:
     return next((g for g in (64, 128, 32, 256) if k % g == 0), 0)
 
@@ -262,7 +284,8 @@ def available_formats(device: torch.device | str = "cpu") -> list[str]:
     """Matmul formats with a working kernel on ``device`` (dense fp32 and bf16 always)."""
     from dlmsearch.compress.kernels import kernel_available
 
-    return ["fp32", "bf16", *(f for f in LINEAR_FORMATS if kernel_available(_KERNEL_OF_FORMAT[f], device))]
+    return ["fp32", "bf16", "simulated",
+            *(f for f in _KERNEL_OF_FORMAT if kernel_available(_KERNEL_OF_FORMAT[f], device))]
 
 
 class _BlockProbe:
@@ -363,6 +386,11 @@ def _ideal(model: AnalyticCostModel, layer: LayerPlan, tokens: int, hw: Hardware
     return {part: float(v[0, 0]) for part, v in model.ideal_part_times(arrays, hw).items()}
 
 
+def _net(measured: float, overhead: float, floor: float) -> float:
+    """Measured seconds less the framework overhead, kept above a floor (noise can make it negative)."""
+    return max(measured - overhead, floor, 1e-9)
+
+
 def _curve(points: dict[int, float]) -> list[list[float]]:
     return [[float(m), float(max(eta, 1e-6))] for m, eta in sorted(points.items())]
 
@@ -385,6 +413,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     widths = Counter(i.in_features for i in linears)
     started = time.perf_counter()
     peaks, bandwidth = _peaks(device)
+    launch = _launch_overhead(device)
     logger.info("peaks %s, bandwidth %.1f GB/s", {k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()},
                 bandwidth / 1e9)
 
@@ -395,8 +424,8 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
             continue
         for (k, n), count in shapes.items():
             n_eff = max(16, n // 2 // 16 * 16) if fmt.endswith("structured50") else n
-            group = _int4_group(k)
-            if fmt == "int4_weight_only" and (not group or n_eff % 16):
+            group = _int4_group(k) if base != "simulated" else _simulated_group(k)
+            if (fmt == "int4_weight_only" and (not group or n_eff % 16)) or (base == "simulated" and not group):
                 continue
             first = _linear_module(k, n_eff, base, group, device, seed=k * 7919 + n_eff)
             with torch.inference_mode():  # packs kernel operands before copying
@@ -421,7 +450,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
             items.append(_Item("sampling", (), 1, _sampling_call(shape.vocab_size, tokens, device)))
             bar.set_postfix(M=tokens)
             samples.extend(time_items(items, tokens, device, reps, min_seconds, max_rounds, bar))
-    spec = calibrate(shape, linears, samples, peaks, bandwidth, device, formats, probe.vocab)
+    spec = calibrate(shape, linears, samples, peaks, bandwidth, device, formats, probe.vocab, launch)
     elapsed = time.perf_counter() - started
     info = dict(spec.profile)
     info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds)
@@ -430,8 +459,13 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
 
 
 def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequence[Sample], peaks: dict[str, float],
-              bandwidth: float, device: torch.device, formats: Sequence[str], probe_vocab: int) -> HardwareSpec:
-    """Turn measured samples into per-format ``eta_f(M)`` curves (see the module docstring)."""
+              bandwidth: float, device: torch.device, formats: Sequence[str], probe_vocab: int,
+              launch: float = 0.0) -> HardwareSpec:
+    """Turn measured samples into per-format ``eta_f(M)`` curves (see the module docstring).
+
+    ``launch`` (seconds per framework call) is taken off every measured time first, once per call
+    the analytic model counts, so ``ideal / eta + calls * launch`` reproduces each measurement.
+    """
     from dlmsearch.compress.kernels import kernel_available
 
     kernels = tuple(k for k in ("int8_weight_only", "int4_weight_only", "int8_dynamic")
@@ -452,24 +486,30 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
             measured = [by.get((fmt, key, tokens)) for key in shapes]
             if any(s is None for s in measured):
                 continue  # a shape the kernel cannot run: no curve from a partial sum
-            total = sum(s.median_s * s.count for s in measured if s is not None)
+            total = sum(_net(s.median_s, launch, 0.1 * s.median_s) * s.count for s in measured if s is not None)
             model = dense["bf16" if fmt == "bf16" else "fp32"]
-            ideal = _ideal(model, _format_layer(fmt, group), tokens, ideal_hw)[f"linear:{fmt}"]
+            layer = _format_layer(fmt, group if fmt != "simulated" else min(_simulated_group(k) for k in widths))
+            ideal = _ideal(model, layer, tokens, ideal_hw)[f"linear:{fmt}"]
             curves.setdefault(fmt, {})[tokens] = ideal / total
         act = sum(by[("act_quant", (k,), tokens)].median_s * c for k, c in widths.items())
         curves.setdefault("act_quant", {})[tokens] = _ideal(
             dense["fp32"], LayerPlan((16,), (8,), group_size=0), tokens, ideal_hw)["act_quant"] / act
         one = _ideal(block, LayerPlan((16,), (16,), group_size=0), tokens, ideal_hw)
+        calls = block.part_launches()
         attention = by[("attention", (), tokens)].median_s
         block_s = by[("block", (), tokens)].median_s
         linears_s = sum(by[("fp32", (i.in_features, i.out_features), tokens)].median_s for i in block.linears)
-        elementwise = max(block_s - linears_s - attention, 0.05 * block_s)
-        outer = max(by[("forward1", (), tokens)].median_s - block_s, 0.05 * block_s)
-        curves.setdefault("attention", {})[tokens] = one["attention"] / attention
-        curves.setdefault("elementwise", {})[tokens] = one["elementwise"] / elementwise
-        curves.setdefault("lm_head", {})[tokens] = one["lm_head"] / outer
+        elementwise = block_s - linears_s - attention
+        outer = by[("forward1", (), tokens)].median_s - block_s
+        floor = 0.02 * block_s  # differences of medians can come out tiny or negative
+        curves.setdefault("attention", {})[tokens] = one["attention"] / _net(attention, calls["attention"] * launch,
+                                                                               floor)
+        curves.setdefault("elementwise", {})[tokens] = one["elementwise"] / _net(
+            elementwise, calls["elementwise"] * launch, floor)
+        curves.setdefault("lm_head", {})[tokens] = one["lm_head"] / _net(outer, calls["lm_head"] * launch, floor)
         sampling_ideal = one["sampling"] * shape.vocab_size / probe_vocab  # measured at the real vocabulary
-        curves.setdefault("sampling", {})[tokens] = sampling_ideal / by[("sampling", (), tokens)].median_s
+        curves.setdefault("sampling", {})[tokens] = sampling_ideal / _net(
+            by[("sampling", (), tokens)].median_s, calls["sampling"] * launch, floor)
     fp32 = curves.get("fp32", {1: 1.0})
     generic = EfficiencyCurve(tuple((float(m), float(min(1.0, max(e, 1e-6)))) for m, e in sorted(fp32.items())))
     fingerprint = device_fingerprint(device)
@@ -483,7 +523,7 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
             "samples": [s.to_list() for s in samples]}
     return HardwareSpec(
         name=name, kind=kind, peak_flops=peaks, memory_bandwidth_bytes_per_s=bandwidth,
-        memory_bytes=_memory_capacity(device), kernels=kernels, launch_overhead_s=0.0,
+        memory_bytes=_memory_capacity(device), kernels=kernels, launch_overhead_s=launch,
         compute_efficiency=generic, memory_efficiency=generic,
         source=f"measured by dlmsearch profile on {fingerprint}, torch {torch.__version__}",
         format_efficiency={part: EfficiencyCurve(tuple((m, e) for m, e in _curve(points)))

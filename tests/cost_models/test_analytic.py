@@ -114,4 +114,4 @@ def test_int8_kernels_need_per_channel_weights() -> None:
     hw = _hardware(("int8_weight_only", "int8_dynamic"))
     per_group = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=64))]), hw)
     per_channel = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=0))]), hw)
-    assert (per_group == 0).all() and (per_channel == 1).all()  # dense (dequantized) vs int8_dynamic
+    assert (per_group == 4).all() and (per_channel == 1).all()  # simulated (dequantized) vs int8_dynamic

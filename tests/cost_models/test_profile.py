@@ -112,14 +112,17 @@ def test_calibrated_model_divides_the_ideal_time_by_the_profile_curves(tiny_prof
     ideal = model.ideal_part_times(arrays, tiny_profile)
     parts = model.step_times(arrays, tiny_profile)
     fp32, int4_eta = tiny_profile.format_efficiency["fp32"](16), tiny_profile.format_efficiency["int4_weight_only"](16)
-    assert parts["linear"][0, 0] == pytest.approx(ideal["linear:fp32"][0, 0] / fp32)
-    assert parts["linear"][1, 0] == pytest.approx(ideal["linear:int4_weight_only"][1, 0] / int4_eta)
-    for part in ("attention", "elementwise", "lm_head", "sampling"):
+    launch, calls = tiny_profile.launch_overhead_s, len(names)
+    assert launch > 0
+    assert parts["linear"][0, 0] == pytest.approx(ideal["linear:fp32"][0, 0] / fp32 + calls * launch)
+    assert parts["linear"][1, 0] == pytest.approx(ideal["linear:int4_weight_only"][1, 0] / int4_eta + calls * launch)
+    for part, launches in model.part_launches().items():
         eta = tiny_profile.format_efficiency[part](16)
-        assert parts[part][0, 0] == pytest.approx(ideal[part][0, 0] / eta)
+        assert parts[part][0, 0] == pytest.approx(ideal[part][0, 0] / eta + launches * launch)
     slower = replace(tiny_profile, format_efficiency={**tiny_profile.format_efficiency,
                                                       "fp32": EfficiencyCurve(((1.0, fp32 / 2),))})
-    assert model.step_times(arrays, slower)["linear"][0, 0] == pytest.approx(2 * parts["linear"][0, 0])
+    dense_compute = parts["linear"][0, 0] - calls * launch
+    assert model.step_times(arrays, slower)["linear"][0, 0] == pytest.approx(2 * dense_compute + calls * launch)
     assert model.step_times(arrays, slower)["linear"][1, 0] == pytest.approx(parts["linear"][1, 0])
 
 
