@@ -154,6 +154,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from dlmsearch.cost_models.profile import FULL_TOKEN_COUNTS, QUICK_TOKEN_COUNTS, local_profile, profile_summary
     from dlmsearch.models.loading import load_model
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # part of the profile's cache key (device fingerprint)
     adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
     counts = args.tokens or (QUICK_TOKEN_COUNTS if args.quick else FULL_TOKEN_COUNTS)
     spec = local_profile(adapter.shape, adapter.linears(), quick=args.quick, refresh=args.refresh,
@@ -241,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--quick", action="store_true", help="4 token counts, few rounds (well under a minute)")
     prof.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts M to measure")
     prof.add_argument("--refresh", action="store_true", help="measure again even when a cached profile exists")
+    prof.add_argument("--threads", type=int, default=None,
+                      help="torch threads to measure with (default: torch's; 1 on an oversubscribed machine)")
     prof.set_defaults(func=cmd_profile)
 
     demo = sub.add_parser("demo", help="the quickstart on the embedded model")
