@@ -8,6 +8,10 @@ import torch
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import build_random_model, load_model
 
+# One intra-op thread: the tests' tensors are tiny, and on a busy 2-core machine OpenMP threads that
+# spin-wait for a descheduled partner make each small matmul tens of times slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:

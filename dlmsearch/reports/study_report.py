@@ -1,0 +1,290 @@
+"""The study report: plain data objects first (tested), then plotly figures, then one HTML file.
+
+``dlmsearch report RUN_DIR`` (and the end of every ``dlmsearch run``) writes a self-contained
+``report.html`` (plotly.js embedded, opens offline) with
+
+- the Pareto front in 2-D (each pair of objectives) and 3-D, feasible front highlighted,
+  infeasible trials drawn apart, the budget drawn as lines, hover showing the Plan summary;
+- the hypervolume history;
+- for the front's Plans (a dropdown picks one): weight bits per layer x timestep group (heatmap)
+  and sparsity per layer (bars);
+- parameter importances for quality, and the sensitivity profile the warm start used.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dlmsearch.plan import Plan
+from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
+
+logger = logging.getLogger("dlmsearch.reports.study_report")
+
+AXIS_TITLES = {"quality": "quality (proxy KL, nats; lower is better)", "latency_ms": "latency per generation (ms)",
+               "peak_mem_bytes": "peak memory (bytes)", "latency_per_step_ms": "latency per step (ms)"}
+MAX_PLANS_IN_DROPDOWN = 30
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One COMPLETE trial in objective space."""
+
+    number: int
+    values: dict[str, float]
+    feasible: bool
+    on_front: bool
+    summary: str
+    fidelity: str
+
+
+@dataclass(frozen=True)
+class FrontData:
+    """Every COMPLETE trial as a point, the objective names and the budget limits."""
+
+    objectives: list[str]
+    points: list[TrialPoint]
+    budget: dict[str, float]
+
+    def front(self) -> list[TrialPoint]:
+        """The feasible front, sorted by the first objective."""
+        return sorted((p for p in self.points if p.on_front), key=lambda p: p.values[self.objectives[0]])
+
+
+@dataclass(frozen=True)
+class PlanLayout:
+    """A Plan as the heatmap and the bar chart draw it."""
+
+    trial: int
+    layers: list[str]
+    timestep_labels: list[str]
+    weight_bits: list[list[int]]  # [layer][timestep group]
+    sparsity: list[float]
+
+
+@dataclass(frozen=True)
+class StudyReportData:
+    """Everything the report draws."""
+
+    study: str
+    front: FrontData
+    hypervolume: list[tuple[int, float]]
+    plans: list[PlanLayout]
+    importances: dict[str, float]
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed: int = 0
+
+
+def _summary(plan_data: dict[str, Any] | None) -> str:
+    from dlmsearch.search.results import plan_summary
+
+    if plan_data is None:
+        return ""
+    return plan_summary(Plan.from_dict(plan_data))
+
+
+def front_data(study: optuna.Study) -> FrontData:
+    """The points of every COMPLETE trial, which of them form the feasible front, and the budget."""
+    from dlmsearch.search.runner import SPEC_ATTR
+
+    objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {t.number for t in feasible_front(trials)}
+    points = [TrialPoint(t.number, dict(zip(objectives, t.values or [], strict=True)), is_feasible(t),
+                         t.number in front, _summary(t.user_attrs.get("plan")), str(t.user_attrs.get("fidelity", "")))
+              for t in sorted(trials, key=lambda t: t.number)]
+    budget = {k: float(v) for k, v in (study.user_attrs.get(SPEC_ATTR, {}).get("budget") or {}).items()
+              if v is not None and k in objectives}
+    return FrontData(objectives, points, budget)
+
+
+def plan_layout(trial: FrozenTrial) -> PlanLayout:
+    """Weight bits per layer and timestep group, and sparsity per layer, of a trial's Plan."""
+    plan = Plan.from_dict(trial.user_attrs["plan"])
+    names = list(plan.layers)
+    bounds = [0.0, *plan.timestep_groups, 1.0]
+    labels = [f"progress {bounds[i]:.2f}-{bounds[i + 1]:.2f}" for i in range(len(bounds) - 1)]
+    return PlanLayout(trial.number, names, labels, [list(plan.layers[n].weight_bits) for n in names],
+                      [plan.layers[n].sparsity for n in names])
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances for the quality objective (empty when there are too few trials)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = study.metric_names or []
+    if len(trials) < 4 or "quality" not in names:
+        return {}
+    index = names.index("quality")
+    try:
+        with warnings.catch_warnings():  # "importance for low target values" is what we want: quality is a loss
+            warnings.simplefilter("ignore", UserWarning)
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                target=lambda t: t.values[index]))
+    except (RuntimeError, ValueError) as exc:
+        logger.info("no parameter importances: %s", exc)
+        return {}
+
+
+def study_report_data(study: optuna.Study) -> StudyReportData:
+    """Build every data object of the report from the study storage."""
+    from dlmsearch.search.runner import REFERENCE_ATTR, SENSITIVITY_ATTR
+
+    front = front_data(study)
+    stored = study.user_attrs.get(REFERENCE_ATTR, {})
+    reference = [float(stored.get(name, 1.0)) for name in front.objectives]
+    trials = study.get_trials(deepcopy=False)
+    on_front = sorted(feasible_front(trials), key=lambda t: t.values[0])[:MAX_PLANS_IN_DROPDOWN]
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    return StudyReportData(study.study_name, front, hypervolume_history(trials, reference),
+                           [plan_layout(t) for t in on_front], importances(study),
+                           dict(study.user_attrs.get(SENSITIVITY_ATTR, {})), failed)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _plotly() -> Any:
+    try:
+        import plotly.graph_objects as go
+    except ImportError:  # pragma: no cover - plotly is a dependency; guard for trimmed installs
+        raise ImportError("the report needs plotly: pip install plotly") from None
+    return go
+
+
+def _hover(points: list[TrialPoint]) -> list[str]:
+    return [f"trial {p.number} ({p.fidelity})<br>{p.summary}<br>" +
+            "<br>".join(f"{k}: {v:.4g}" for k, v in p.values.items()) for p in points]
+
+
+def pareto_figures(data: FrontData) -> list[Any]:
+    """One 2-D scatter per pair of objectives, plus a 3-D scatter for three objectives."""
+    go = _plotly()
+    groups = {"feasible front": [p for p in data.points if p.on_front],
+              "feasible": [p for p in data.points if p.feasible and not p.on_front],
+              "infeasible (over budget)": [p for p in data.points if not p.feasible]}
+    styles: dict[str, dict[str, Any]] = {"feasible front": {"color": "#d62728", "size": 10}, "feasible": {"color": "#1f77b4", "size": 6},
+              "infeasible (over budget)": {"color": "#bbbbbb", "size": 6, "symbol": "x"}}
+    objectives = data.objectives
+    figures = []
+    for i in range(len(objectives)):
+        for j in range(i + 1, len(objectives)):
+            x, y = objectives[j], objectives[i]
+            fig = go.Figure()
+            for label, points in groups.items():
+                fig.add_trace(go.Scatter(x=[p.values[x] for p in points], y=[p.values[y] for p in points],
+                                         mode="markers", name=label, marker=styles[label], text=_hover(points),
+                                         hoverinfo="text"))
+            for name, limit in data.budget.items():
+                if name == x:
+                    fig.add_vline(x=limit, line_dash="dash", annotation_text=f"budget {name}")
+                if name == y:
+                    fig.add_hline(y=limit, line_dash="dash", annotation_text=f"budget {name}")
+            fig.update_layout(title=f"{AXIS_TITLES.get(y, y)} vs {AXIS_TITLES.get(x, x)}",
+                              xaxis_title=AXIS_TITLES.get(x, x), yaxis_title=AXIS_TITLES.get(y, y))
+            figures.append(fig)
+    if len(objectives) == 3:
+        fig = go.Figure()
+        for label, points in groups.items():
+            fig.add_trace(go.Scatter3d(x=[p.values[objectives[1]] for p in points],
+                                       y=[p.values[objectives[2]] for p in points],
+                                       z=[p.values[objectives[0]] for p in points], mode="markers", name=label,
+                                       marker={**styles[label], "size": styles[label]["size"] / 2},
+                                       text=_hover(points), hoverinfo="text"))
+        fig.update_layout(title="Pareto front in 3-D", scene={"xaxis_title": objectives[1],
+                                                               "yaxis_title": objectives[2],
+                                                               "zaxis_title": objectives[0]})
+        figures.append(fig)
+    return figures
+
+
+def hypervolume_figure(history: list[tuple[int, float]]) -> Any:
+    """Normalised hypervolume of the feasible front after each trial."""
+    go = _plotly()
+    fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers"))
+    fig.update_layout(title="hypervolume of the feasible front (normalised, reference = dense model)",
+                      xaxis_title="trial", yaxis_title="hypervolume")
+    return fig
+
+
+def plan_figures(plans: list[PlanLayout]) -> list[Any]:
+    """Heatmap of weight bits and bars of sparsity per layer; a dropdown selects the front Plan."""
+    go = _plotly()
+    if not plans:
+        return []
+    first = plans[0]
+    heat = go.Figure(go.Heatmap(z=first.weight_bits, x=first.timestep_labels, y=first.layers, colorscale="Viridis",
+                                zmin=2, zmax=16, colorbar={"title": "bits"}))
+    bars = go.Figure(go.Bar(x=first.layers, y=first.sparsity))
+    heat.update_layout(title=f"weight bits per layer and timestep group (trial {first.trial})", height=max(
+        400, 14 * len(first.layers)), updatemenus=[{"buttons": [
+            {"label": f"trial {p.trial}", "method": "update",
+             "args": [{"z": [p.weight_bits]}, {"title": f"weight bits per layer and timestep group (trial {p.trial})"}]}
+            for p in plans]}])
+    bars.update_layout(title=f"sparsity per layer (trial {first.trial})", yaxis_title="fraction pruned",
+                       yaxis_range=[0, 1], updatemenus=[{"buttons": [
+                           {"label": f"trial {p.trial}", "method": "update",
+                            "args": [{"y": [p.sparsity]}, {"title": f"sparsity per layer (trial {p.trial})"}]}
+                           for p in plans]}])
+    return [heat, bars]
+
+
+def importance_figure(values: dict[str, float]) -> Any | None:
+    """Bars of parameter importance for quality."""
+    if not values:
+        return None
+    go = _plotly()
+    top = sorted(values.items(), key=lambda kv: kv[1])[-25:]
+    fig = go.Figure(go.Bar(x=[v for _, v in top], y=[k for k, _ in top], orientation="h"))
+    fig.update_layout(title="parameter importance for quality (PED-ANOVA)", height=max(400, 18 * len(top)))
+    return fig
+
+
+def sensitivity_figure(table: dict[str, dict[str, float]]) -> Any | None:
+    """Heatmap of the sensitivity profile: proxy KL of compressing one layer group alone."""
+    if not table:
+        return None
+    go = _plotly()
+    groups = list(table)
+    settings = sorted({s for row in table.values() for s in row})
+    fig = go.Figure(go.Heatmap(z=[[table[g].get(s) for s in settings] for g in groups], x=settings, y=groups,
+                               colorscale="Reds", colorbar={"title": "KL"}))
+    fig.update_layout(title="sensitivity: proxy KL when one layer group alone is compressed",
+                      height=max(400, 16 * len(groups)))
+    return fig
+
+
+def render_html(data: StudyReportData) -> str:
+    """The whole report as one self-contained HTML page."""
+    figures = [*pareto_figures(data.front), hypervolume_figure(data.hypervolume), *plan_figures(data.plans)]
+    figures += [f for f in (importance_figure(data.importances), sensitivity_figure(data.sensitivity)) if f]
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    front = data.front.front()
+    rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{p.values[o]:.4g}</td>" for o in data.front.objectives)
+                   + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
+    header = "".join(f"<th>{html.escape(o)}</th>" for o in data.front.objectives)
+    complete = len(data.front.points)
+    feasible = sum(p.feasible for p in data.front.points)
+    hv = data.hypervolume[-1][1] if data.hypervolume else 0.0
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>dlmsearch: {html.escape(data.study)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
+            f"<h1>Study {html.escape(data.study)}</h1><p>{complete} complete trials ({feasible} feasible), "
+            f"{data.failed} failed; feasible front: {len(front)} Plans; hypervolume {hv:.4f}.</p>"
+            f"<h2>Feasible Pareto front</h2><table><tr><th>trial</th>{header}<th>Plan</th></tr>{rows}</table>"
+            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>.</p>"
+            + "".join(f"<div>{p}</div>" for p in parts) + "</body></html>")
+
+
+def write_report(study: optuna.Study, path: str | Path) -> Path:
+    """Build the report data of ``study`` and write the HTML file."""
+    out = Path(path)
+    out.write_text(render_html(study_report_data(study)), encoding="utf-8")
+    return out

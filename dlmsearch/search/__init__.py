@@ -1,0 +1,11 @@
+"""The search: study specs, the Optuna runner, baselines, Pareto fronts and exporting a Plan."""
+
+from dlmsearch.search.spec import StudySpec, StudySpecError, load_study_spec, spec_from_dict  # noqa: I001 (first)
+from dlmsearch.search.pareto import feasible_front, hypervolume, parse_pick
+from dlmsearch.search.results import export_plan, front_rows, open_study
+from dlmsearch.search.runner import RunSummary, run_study
+from dlmsearch.search.storage import StorageError, open_storage
+
+__all__ = ["RunSummary", "StorageError", "StudySpec", "StudySpecError", "export_plan", "feasible_front",
+           "front_rows", "hypervolume", "load_study_spec", "open_storage", "open_study", "parse_pick", "run_study",
+           "spec_from_dict"]

@@ -1,0 +1,73 @@
+"""StudyContext: what every trial of a study needs, built once per worker process from the spec."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlmsearch.compress import CalibrationSet
+from dlmsearch.cost_models import AnalyticCostModel, HardwareSpec, resolve_hardware
+from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
+from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.models.loading import load_model
+from dlmsearch.plan import ModelRef, Plan, SamplerSettings
+from dlmsearch.search.spec import StudySpec
+from dlmsearch.spaces import SearchSpace
+
+logger = logging.getLogger("dlmsearch.search.context")
+
+
+@dataclass
+class StudyContext:
+    """The model, its search space, the evaluator, the cost model and the hardware of one study."""
+
+    spec: StudySpec
+    adapter: DLMAdapter
+    space: SearchSpace
+    evaluator: ProxyEvaluator
+    cost_model: AnalyticCostModel
+    hardware: HardwareSpec
+
+    def dense_plan(self) -> Plan:
+        """The uncompressed model at the space's largest step count: the reference of every study."""
+        space, generation = self.spec.space, self.spec.generation
+        steps = max(space.steps)
+        block = self.space.repair_block_length(steps, max(space.block_lengths))
+        sampler = SamplerSettings(steps, generation.gen_length, block, generation.remasking)
+        return Plan(self.space.model, sampler, self.space.boundaries, space.weight_storage, {})
+
+    def reference_point(self) -> dict[str, float]:
+        """Per objective, the value that maps to 1 in the normalised hypervolume."""
+        cost = self.cost_model.cost(self.dense_plan(), self.hardware)
+        return {"quality": self.spec.quality_reference, "latency_ms": cost.latency_ms,
+                "peak_mem_bytes": float(cost.peak_mem_bytes)}
+
+
+def _read_text_ids(adapter: DLMAdapter, files: tuple[str, ...]) -> torch.Tensor:
+    text = "\n".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)
+    ids = adapter.encode(text)
+    if ids.numel() == 0:
+        raise ValueError(f"evaluator.data_files: {list(files)} hold no text; allowed: non-empty text files")
+    return ids
+
+
+def build_context(spec: StudySpec) -> StudyContext:
+    """Load the model and build the space, the proxy evaluator, the cost model and the hardware."""
+    adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    linears = list(adapter.linears())
+    space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears)
+    hardware = resolve_hardware(spec.hardware, adapter.shape, linears)
+    settings = ProxySettings(**dict(spec.evaluator.settings))
+    text_ids = _read_text_ids(adapter, spec.evaluator.data_files) if spec.evaluator.data_files else None
+    calibration = None
+    if spec.evaluator.calibration_files:
+        ids = _read_text_ids(adapter, spec.evaluator.calibration_files)
+        calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, settings.calibration_sequences,
+                                              min(settings.window_length, adapter.shape.max_length), settings.seed)
+    logger.info("building the proxy evaluator (the dense reference is cached on disk after the first run)")
+    evaluator = ProxyEvaluator(adapter, settings, text_ids=text_ids, calibration=calibration)
+    cost_model = AnalyticCostModel(adapter.shape, linears, prompt_length=spec.generation.prompt_length)
+    return StudyContext(spec, adapter, space, evaluator, cost_model, hardware)

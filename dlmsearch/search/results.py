@@ -1,0 +1,137 @@
+"""Reading a finished (or running) study back: open it, list its front, export one Plan.
+
+The run folder is the handle: it names its storage (``storage.txt``) and keeps the resolved spec.
+Everything is read from JSON user attributes; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dlmsearch.plan import Plan
+from dlmsearch.search.pareto import feasible_front, is_feasible, parse_pick, pick_trial
+from dlmsearch.search.spec import OBJECTIVES
+from dlmsearch.search.storage import open_storage
+
+#: Metrics a front row shows and a ``--pick`` expression may name.
+PICK_METRICS: tuple[str, ...] = (*OBJECTIVES, "latency_per_step_ms")
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a run folder (no storage to read)."""
+
+
+def open_study(run_dir: str | Path | None = None, storage: str | None = None, study_name: str | None = None
+               ) -> optuna.Study:
+    """The study of a run folder, or of ``storage`` + ``study_name``."""
+    if run_dir is not None:
+        folder = Path(run_dir)
+        pointer = folder / "storage.txt"
+        if not pointer.is_file():
+            raise RunFolderError(f"{folder}: not a run folder (no storage.txt); allowed: a folder written by "
+                                 "`dlmsearch run SPEC --out DIR`, or --storage URL --study NAME")
+        storage = storage or pointer.read_text().strip()
+        if study_name is None:
+            import yaml
+
+            study_name = yaml.safe_load((folder / "spec.yaml").read_text())["study"]
+    if storage is None or study_name is None:
+        raise RunFolderError("give a run folder, or both --storage URL and --study NAME")
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+        raise RunFolderError(f"study {study_name!r} is not in {storage}; allowed: {', '.join(names) or '(none)'}"
+                             ) from None
+
+
+@dataclass(frozen=True)
+class FrontRow:
+    """One trial as the front table shows it."""
+
+    number: int
+    metrics: dict[str, float]
+    feasible: bool
+    fidelity: str
+    summary: str
+
+
+def plan_of(trial: FrozenTrial) -> Plan:
+    """The Plan a trial stored (validated on the way in)."""
+    data = trial.user_attrs.get("plan")
+    if data is None:
+        raise ValueError(f"trial {trial.number} stored no Plan (state {trial.state.name})")
+    return Plan.from_dict(data, source=f"trial {trial.number}")
+
+
+def plan_summary(plan: Plan) -> str:
+    """One line: steps, blocks, mean weight bits per timestep group, mean sparsity."""
+    layers = list(plan.layers.values())
+    groups = plan.num_timestep_groups
+    if layers:
+        bits = "/".join(f"{sum(lp.weight_bits[g] for lp in layers) / len(layers):.1f}" for g in range(groups))
+        sparsity = sum(lp.sparsity for lp in layers) / len(layers)
+    else:
+        bits, sparsity = "/".join(["16.0"] * groups), 0.0
+    return (f"steps {plan.sampler.steps}, block {plan.sampler.block_length}, weight bits {bits}, "
+            f"sparsity {sparsity:.2f}")
+
+
+def trial_row(trial: FrozenTrial) -> FrontRow:
+    """A trial's row (metrics from its user attributes)."""
+    metrics = {k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items() if k in PICK_METRICS}
+    return FrontRow(trial.number, metrics, is_feasible(trial), str(trial.user_attrs.get("fidelity", "")),
+                    plan_summary(plan_of(trial)))
+
+
+def front_rows(study: optuna.Study) -> list[FrontRow]:
+    """The feasible front, sorted by quality."""
+    rows = [trial_row(t) for t in feasible_front(study.get_trials(deepcopy=False))]
+    return sorted(rows, key=lambda r: (r.metrics.get("quality", 0.0), r.number))
+
+
+def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
+    """The feasible front as JSON: trial number, metrics, fidelity, Plan summary and the Plan."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "summary": row.summary,
+             "plan": trials[row.number].user_attrs["plan"]} for row in front_rows(study)]
+    out = Path(path)
+    out.write_text(json.dumps({"study": study.study_name, "objectives": study.metric_names, "front": data},
+                              indent=1))
+    return out
+
+
+def select_trial(study: optuna.Study, number: int | None = None, pick: str | None = None) -> FrozenTrial:
+    """The trial ``number``, or the feasible trial the ``pick`` expression selects."""
+    if (number is None) == (pick is None):
+        raise ValueError("give exactly one of --trial N and --pick EXPRESSION")
+    if number is not None:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if number not in trials or trials[number].state != TrialState.COMPLETE:
+            done = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE)
+            raise ValueError(f"--trial: {number} is not allowed; allowed: a COMPLETE trial number "
+                             f"({_ranges(done)})")
+        return trials[number]
+    assert pick is not None
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    rows: list[dict[str, Any]] = [trial_row(t).metrics for t in feasible]
+    return feasible[pick_trial(rows, parse_pick(pick, PICK_METRICS))]
+
+
+def _ranges(numbers: list[int]) -> str:
+    if not numbers:
+        return "none yet"
+    return f"{len(numbers)} trials between {numbers[0]} and {numbers[-1]}"
+
+
+def export_plan(study: optuna.Study, path: str | Path, number: int | None = None, pick: str | None = None
+                ) -> tuple[FrozenTrial, Path]:
+    """Write the chosen trial's Plan as JSON; returns the trial and the path."""
+    trial = select_trial(study, number, pick)
+    return trial, plan_of(trial).save(path)

@@ -1,0 +1,334 @@
+"""run_study: the Optuna multi-objective search of one study spec, resumable, in a run folder.
+
+Per trial, cheap before expensive: the space turns the trial into a Plan; the analytic cost model
+prices it (microseconds) and the budget becomes Optuna constraints (``trial.set_constraint``,
+feasible when <= 0); the proxy scores it at low fidelity; only a feasible Plan whose low-fidelity
+score could still enter the feasible front is scored again at full fidelity (``fidelity: multi``).
+Each trial stores its Plan JSON, the fidelity, the latency's provenance and the environment as
+user attributes (JSON only: nothing is ever unpickled from a storage).
+
+``n_trials`` is the study's total budget: a second ``run`` of the same spec and folder resumes
+the study and runs only the trials still missing. A fresh study first runs its warm starts: the
+dense model, uniform presets (W8 and W4 weight-only, fewer steps) and the solutions of the
+sensitivity-table integer program (:mod:`dlmsearch.search.baselines`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from dlmsearch.evaluators import QualityResult, SensitivityTable, sensitivity_table
+from dlmsearch.plan import Plan
+from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solve_integer_program
+from dlmsearch.search.context import StudyContext, build_context
+from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
+from dlmsearch.search.samplers import make_sampler
+from dlmsearch.search.spec import StudySpec
+from dlmsearch.search.storage import default_journal, open_storage
+
+logger = logging.getLogger("dlmsearch.search.runner")
+
+SPEC_ATTR = "dlmsearch.spec"
+REFERENCE_ATTR = "dlmsearch.reference"
+SENSITIVITY_ATTR = "dlmsearch.sensitivity"
+#: A low-fidelity score this many times worse than a front member that costs no more is not rescored.
+LOW_FIDELITY_SLACK = 2.0
+MAX_CONSECUTIVE_FAILURES = 5
+#: Spec fields that define the study; resuming with a different value would mix two searches.
+IDENTITY_FIELDS = ("model", "hardware", "budget", "objectives", "space", "generation", "evaluator")
+
+
+class TrialValueError(ValueError):
+    """An objective came back NaN, infinite or missing; the message names it."""
+
+
+class StudyMismatchError(ValueError):
+    """A study of this name exists in the storage with a different spec."""
+
+
+@dataclass
+class RunSummary:
+    """What a run leaves: the study, its feasible front and hypervolume, the run folder."""
+
+    study: optuna.Study
+    front: list[FrozenTrial]
+    hypervolume: float
+    run_dir: Path
+
+
+def environment() -> dict[str, str]:
+    """Where a trial ran (kept on every trial)."""
+    from dlmsearch import __version__
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "python": platform.python_version(),
+            "torch": torch.__version__, "optuna": optuna.__version__, "dlmsearch": __version__,
+            "threads": str(torch.get_num_threads())}
+
+
+# ---------------------------------------------------------------- one trial
+
+
+class TrialObjective:
+    """Scores one trial: Plan, cost, constraints, quality (see the module docstring)."""
+
+    def __init__(self, context: StudyContext, study: optuna.Study) -> None:
+        self.context = context
+        self.study = study
+        self.env = environment()
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        ctx = self.context
+        spec = ctx.spec
+        plan = ctx.space.suggest(trial)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("env", self.env)
+        cost = ctx.cost_model.cost(plan, ctx.hardware)
+        metrics: dict[str, float] = {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes),
+                                     "latency_per_step_ms": cost.latency_ms / plan.sampler.steps}
+        trial.set_user_attr("latency_provenance", cost.provenance)
+        trial.set_user_attr("hardware", ctx.hardware.name)
+        for name, limit in spec.budget.limits().items():
+            trial.set_constraint(name, metrics[name] - limit)
+        feasible = all(metrics[name] <= limit for name, limit in spec.budget.limits().items())
+        quality = self.quality(plan, metrics, feasible)
+        metrics["quality"] = quality.score
+        trial.set_user_attr("fidelity", quality.fidelity)
+        trial.set_user_attr("metrics", {k: float(v) for k, v in {**metrics, **quality.metrics}.items()})
+        return checked_values(spec.objectives, metrics)
+
+    def quality(self, plan: Plan, metrics: dict[str, float], feasible: bool) -> QualityResult:
+        """Proxy score at the fidelity the spec and the current front call for."""
+        fidelity = self.context.spec.evaluator.fidelity
+        evaluator = self.context.evaluator
+        if fidelity != "multi":
+            return evaluator.evaluate(plan, fidelity)
+        low = evaluator.evaluate(plan, "low")
+        if not feasible or not self.could_enter_front(low.score, metrics):
+            return low
+        return evaluator.evaluate(plan, "full")
+
+    def could_enter_front(self, low_score: float, metrics: dict[str, float]) -> bool:
+        """False when a feasible front member costs no more and scores ``LOW_FIDELITY_SLACK`` times better."""
+        costs = [name for name in self.context.spec.objectives if name != "quality"]
+        index = list(self.context.spec.objectives).index("quality") if "quality" in self.context.spec.objectives else 0
+        for trial in feasible_front(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+            cheaper = all(trial.user_attrs.get("metrics", {}).get(name, math.inf) <= metrics[name] for name in costs)
+            if cheaper and trial.values[index] * LOW_FIDELITY_SLACK < low_score:
+                return False
+        return True
+
+
+def checked_values(objectives: Sequence[str], metrics: dict[str, float]) -> list[float]:
+    """The objective values in order; a missing, NaN or infinite one raises :class:`TrialValueError`."""
+    values = []
+    for name in objectives:
+        value = metrics.get(name)
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TrialValueError(f"objective {name!r} is {value!r}; allowed: a finite number")
+        values.append(float(value))
+    return values
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the main thread after ``seconds`` (no-op without a limit or off the
+    main thread, where signals cannot be delivered)."""
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"the trial ran past trial_timeout_s={seconds:g}")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------- the study
+
+
+def create_or_load_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
+                         sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the study, or load it when it exists with the same identity fields (else refuse)."""
+    study = optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
+                                directions=["minimize"] * len(spec.objectives), load_if_exists=True)
+    stored = study.user_attrs.get(SPEC_ATTR)
+    current = json.loads(json.dumps(spec.to_dict()))
+    if stored is None:
+        study.set_user_attr(SPEC_ATTR, current)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(spec.objectives))
+    else:
+        changed = [key for key in IDENTITY_FIELDS if stored.get(key) != current.get(key)]
+        if changed:
+            raise StudyMismatchError(f"study {spec.study!r} already exists in this storage with different "
+                                     f"{', '.join(changed)}; allowed: the same spec to resume it, or a new study name "
+                                     "(field `study`) or run folder")
+    return study
+
+
+def enqueue_warm_starts(study: optuna.Study, context: StudyContext, limit: int) -> int:
+    """Enqueue the dense model, uniform presets and integer-program solutions (at most ``limit``)."""
+    space, spec = context.space, context.spec
+    steps = sorted(spec.space.steps)
+    presets = [space.preset_params(16, steps=steps[-1]), space.preset_params(8, steps=steps[-1]),
+               space.preset_params(4, steps=steps[-1]), space.preset_params(8, steps=steps[len(steps) // 2]),
+               space.preset_params(4, steps=steps[0])]
+    candidates = [p for p in presets if p is not None]
+    solutions, table = integer_program_solutions(context)
+    if table is not None:
+        study.set_user_attr(SENSITIVITY_ATTR, table.layers)
+    candidates += [s.params for s in solutions]
+    seen: list[dict[str, Any]] = []
+    for params in candidates:
+        if params not in seen and len(seen) < limit:
+            seen.append(params)
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    return len(seen)
+
+
+def integer_program_solutions(context: StudyContext, budgets: int = 3
+                              ) -> tuple[list[IntegerProgramSolution], SensitivityTable | None]:
+    """Sensitivity-table integer-program solutions for a few budgets of the first cost objective."""
+    spec = context.spec
+    cost_name = next((o for o in spec.objectives if o != "quality"), "latency_ms")
+    limits = spec.budget.limits()
+
+    def cost_of(plan: Plan) -> float:
+        result = context.cost_model.cost(plan, context.hardware)
+        return result.latency_ms if cost_name == "latency_ms" else float(result.peak_mem_bytes)
+
+    try:
+        table = sensitivity_table(context.evaluator, bits=tuple(b for b in context.space.weight_bits if b < 16),
+                                  timestep_groups=max(2, spec.space.timestep_groups))
+    except ValueError as exc:
+        logger.warning("no integer-program warm start: %s", exc)
+        return [], None
+    solutions = []
+    for steps in sorted(spec.space.steps, reverse=True)[:2]:
+        low_params = context.space.preset_params(min(context.space.weight_bits), steps=steps)
+        high_params = context.space.preset_params(16, steps=steps)
+        if low_params is None or high_params is None:
+            continue
+        low = cost_of(context.space.plan_from_params(low_params))
+        high = cost_of(context.space.plan_from_params(high_params))
+        grid = budget_grid(low, high, budgets)
+        if cost_name in limits:
+            grid.append(limits[cost_name])
+        solutions += solve_integer_program(context.space, table, cost_of, grid, steps)
+    return solutions, table
+
+
+def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = None, n_trials: int | None = None,
+              progress: bool = True, context: StudyContext | None = None, write_outputs: bool = True) -> RunSummary:
+    """Run (or resume) the search of ``spec`` with ``run_dir`` as its handle; returns the summary.
+
+    ``n_trials`` overrides the spec's total budget. ``context`` reuses an already built model and
+    evaluator (tests, benchmarks). The folder receives the resolved spec, the journal (unless
+    another storage is given), ``pareto.json`` and ``report.html``.
+    """
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.yaml").write_text(spec.to_yaml())
+    storage_url = storage or spec.storage or str(default_journal(out))
+    (out / "storage.txt").write_text(storage_url + "\n")
+    context = context or build_context(spec)
+    sampler = make_sampler(spec.sampler, spec.seed, n_trials or spec.n_trials)
+    study = create_or_load_study(spec, open_storage(storage_url), sampler)
+    if REFERENCE_ATTR not in study.user_attrs:
+        study.set_user_attr(REFERENCE_ATTR, context.reference_point())
+    total = n_trials or spec.n_trials
+    if spec.warm_start and not study.get_trials(deepcopy=False):
+        count = enqueue_warm_starts(study, context, limit=max(2, (total or 50) // 4))
+        logger.info("enqueued %d warm-start Plans", count)
+    optimize(study, TrialObjective(context, study), total, spec.timeout_s, spec.trial_timeout_s, progress,
+             reference(study, spec.objectives))
+    summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),
+                         front_hypervolume(study.get_trials(deepcopy=False), reference(study, spec.objectives)), out)
+    if write_outputs:
+        from dlmsearch.reports.study_report import write_report
+        from dlmsearch.search.results import write_pareto_json
+
+        write_pareto_json(study, out / "pareto.json")
+        write_report(study, out / "report.html")
+    return summary
+
+
+def reference(study: optuna.Study, objectives: Sequence[str]) -> list[float]:
+    """The study's hypervolume reference point, in objective order."""
+    stored = study.user_attrs.get(REFERENCE_ATTR, {})
+    return [float(stored.get(name, 1.0)) for name in objectives]
+
+
+def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float]], n_trials: int | None,
+             timeout_s: float | None, trial_timeout_s: float | None, progress: bool,
+             hv_reference: Sequence[float]) -> None:
+    """Ask / tell until the study holds ``n_trials`` COMPLETE (or running) trials or time runs out.
+
+    A trial that raises ends FAIL with its error in the log and the study goes on; after
+    :data:`MAX_CONSECUTIVE_FAILURES` failures in a row the run stops with the last error.
+    """
+    start = time.monotonic()
+    done_states = (TrialState.COMPLETE, TrialState.RUNNING)
+    done = len(study.get_trials(deepcopy=False, states=done_states))
+    bar = tqdm(total=n_trials, initial=min(done, n_trials or done), desc=f"study {study.study_name}", unit="trial",
+               disable=not progress or None)
+    failures = 0
+    distributions = objective.context.space.distributions() if isinstance(objective, TrialObjective) else None
+    try:
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=done_states))
+            if n_trials is not None and done >= n_trials:
+                break
+            if timeout_s is not None and time.monotonic() - start >= timeout_s:
+                break
+            trial = study.ask(distributions)
+            try:
+                with time_limit(trial_timeout_s):
+                    values = objective(trial)
+            except (KeyboardInterrupt, SystemExit):
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            except Exception as exc:  # a trial's failure must not end the study
+                failures += 1
+                logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                study.tell(trial, state=TrialState.FAIL)
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(f"{failures} trials failed in a row; the last: {type(exc).__name__}: "
+                                       f"{exc}") from exc
+                continue
+            failures = 0
+            frozen = study.tell(trial, values)
+            bar.update(1)
+            trials = study.get_trials(deepcopy=False)
+            bar.set_postfix(front=len(feasible_front(trials)), hv=f"{front_hypervolume(trials, hv_reference):.4f}",
+                            feasible=is_feasible(frozen))
+    finally:
+        bar.close()

@@ -1,0 +1,441 @@
+"""StudySpec: the YAML a user writes to describe one search, validated before anything loads.
+
+A minimal spec (every other field has a default)::
+
+    study: quickstart
+    model: shakespeare-char          # embedded name or a local checkpoint folder
+    hardware: local                  # registry name, hardware / profile YAML, or "local"
+    budget: {latency_ms: 400}        # optional: latency_ms, latency_per_step_ms, peak_mem_bytes | peak_mem_gb
+    objectives: [quality, latency_ms]
+    n_trials: 40
+
+Loading reports every bad field at once (path, value, what is allowed) as one
+:class:`StudySpecError`; nothing is loaded or measured before the spec is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
+from dlmsearch.models.sampler import REMASKING_STRATEGIES, check_sampler_settings
+from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
+
+OBJECTIVES: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")
+SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
+LAYER_GROUPINGS: tuple[str, ...] = ("block_role", "block", "contiguous", "per_layer")
+TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
+FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
+BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb")
+EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
+                                       "trajectory_prompts", "prompt_length", "trajectory_weight",
+                                       "calibration_sequences", "seed")
+
+
+class StudySpecError(ValueError):
+    """A study spec with one or more bad fields; the message lists every one."""
+
+    def __init__(self, problems: Sequence[str], source: str = "study spec") -> None:
+        self.problems = list(problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class SparsityRange:
+    """Sparsity values the search may pick: ``min``, ``min + step``, ..., ``max``."""
+
+    min: float = 0.0
+    max: float = 0.5
+    step: float = 0.1
+
+    def values(self) -> tuple[float, ...]:
+        """Every allowed value, rounded to 6 decimals."""
+        count = int(round((self.max - self.min) / self.step)) if self.step > 0 else 0
+        return tuple(round(self.min + i * self.step, 6) for i in range(count + 1))
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """Which knobs the search turns and over which values (see :mod:`dlmsearch.spaces`)."""
+
+    layer_grouping: str = "block_role"  # one setting per (block, attention | MLP): ~20-60 knobs on 6-32 blocks
+    layer_groups: int = 4  # number of contiguous block groups when layer_grouping is "contiguous"
+    timestep_groups: int = 2  # early (noisy) and late (refining) denoising steps
+    timestep_schedule: str = "free"  # free: bits per timestep group; rising / falling: monotone schedule
+    weight_bits: tuple[int, ...] = (2, 3, 4, 8, 16)
+    act_bits: tuple[int, ...] = (16,)
+    sparsity: SparsityRange = field(default_factory=SparsityRange)
+    prune_methods: tuple[str, ...] = ("wanda",)
+    structures: tuple[str, ...] = ("unstructured",)
+    quant_method: str = "rtn"
+    group_size: int = 64
+    steps: tuple[int, ...] = (16, 32, 64)
+    block_lengths: tuple[int, ...] = (16, 32, 64)
+    weight_storage: str = "nested"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """What one generation looks like: the workload that latency and quality refer to."""
+
+    gen_length: int = 64
+    prompt_length: int = 32  # tokens of prompt the cost model counts per step
+    remasking: str = "low_confidence"
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """The quality evaluator: the proxy, at one fidelity or multi-fidelity (low first)."""
+
+    fidelity: str = "multi"  # multi: low fidelity first, full only for Plans that could enter the front
+    settings: Mapping[str, Any] = field(default_factory=dict)  # ProxySettings overrides
+    data_files: tuple[str, ...] = ()  # held-out text files instead of the embedded plays
+    calibration_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hardware budget; each limit is optional and becomes an Optuna constraint."""
+
+    latency_ms: float | None = None
+    latency_per_step_ms: float | None = None
+    peak_mem_bytes: int | None = None
+
+    def limits(self) -> dict[str, float]:
+        """The set limits by name."""
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One search (see the module docstring)."""
+
+    study: str
+    model: str = EMBEDDED_MODEL_NAME
+    trust_remote_code: bool = False
+    hardware: str = "local"
+    budget: Budget = field(default_factory=Budget)
+    objectives: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")
+    space: SpaceSpec = field(default_factory=SpaceSpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    evaluator: EvaluatorSpec = field(default_factory=EvaluatorSpec)
+    sampler: str = "auto"
+    n_trials: int | None = 50
+    timeout_s: float | None = None
+    trial_timeout_s: float | None = None
+    storage: str | None = None  # None: a journal file in the run folder
+    seed: int = 0
+    warm_start: bool = True
+    quality_reference: float = 1.0  # proxy score at the hypervolume's reference point
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the resolved spec a run folder keeps)."""
+        return _plain(asdict(self))
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+class _Checker:
+    """Collects every problem as ``path: value is not allowed; allowed: ...``."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, path: str, value: Any, allowed: str) -> None:
+        self.problems.append(f"{path}: {value!r} is not allowed; allowed: {allowed}")
+
+    def mapping(self, path: str, data: Any, known: Sequence[str]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            self.bad(path, data, f"a mapping with keys {', '.join(known)}")
+            return {}
+        for key in data:
+            if key not in known:
+                self.problems.append(f"{path}.{key}: unknown field; allowed: {', '.join(known)}")
+        return dict(data)
+
+    def integer(self, path: str, value: Any, low: int, high: int | None = None) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            self.bad(path, value, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+            return None
+        return value
+
+    def number(self, path: str, value: Any, low: float = 0.0, low_open: bool = True) -> float | None:
+        value = _number(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < low or (low_open and value == low):
+            self.bad(path, value, f"a finite number {'>' if low_open else '>='} {low:g}")
+            return None
+        return float(value)
+
+    def choice(self, path: str, value: Any, allowed: Sequence[Any]) -> Any:
+        if value not in allowed or isinstance(value, bool):
+            self.bad(path, value, ", ".join(map(str, allowed)))
+            return None
+        return value
+
+    def choices(self, path: str, value: Any, allowed: Sequence[Any]) -> tuple[Any, ...] | None:
+        if not isinstance(value, list) or not value:
+            self.bad(path, value, f"a non-empty list of {', '.join(map(str, allowed))}")
+            return None
+        bad = [v for v in value if v not in allowed or isinstance(v, bool)]
+        if bad:
+            self.bad(path, bad, f"values from {', '.join(map(str, allowed))}")
+            return None
+        if len(set(value)) != len(value):
+            self.bad(path, value, "distinct values")
+            return None
+        return tuple(value)
+
+    def string(self, path: str, value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.bad(path, value, "a non-empty string")
+            return None
+        return value
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``2e9`` (no sign, no dot) as a string; accept such numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+_TOP_KEYS = ("study", "model", "trust_remote_code", "hardware", "budget", "objectives", "space", "generation",
+             "evaluator", "sampler", "n_trials", "timeout_s", "trial_timeout_s", "storage", "seed", "warm_start",
+             "quality_reference")
+
+
+def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
+    """Validate parsed YAML and build the spec; every problem is reported at once."""
+    c = _Checker()
+    if not isinstance(data, Mapping):
+        raise StudySpecError([f"the file must hold a YAML mapping of fields ({', '.join(_TOP_KEYS)}), "
+                              f"got {type(data).__name__}"], source)
+    top = c.mapping("", data, _TOP_KEYS)
+    c.problems = [p.lstrip(".") for p in c.problems]
+    if "study" not in top:
+        c.problems.append("study: missing (required): a name for the study")
+    values: dict[str, Any] = {}
+    study = c.string("study", top.get("study", "x"))
+    if study is not None and "study" in top:
+        values["study"] = study
+    for key in ("model", "hardware", "storage"):
+        if key in top and top[key] is not None and c.string(key, top[key]) is not None:
+            values[key] = top[key]
+    for key in ("trust_remote_code", "warm_start"):
+        if key in top:
+            if isinstance(top[key], bool):
+                values[key] = top[key]
+            else:
+                c.bad(key, top[key], "true or false")
+    if "storage" in top and isinstance(top["storage"], str):
+        _check_storage(c, top["storage"])
+    if "objectives" in top:
+        objectives = c.choices("objectives", top["objectives"], OBJECTIVES)
+        if objectives is not None and len(objectives) < 2:
+            c.bad("objectives", top["objectives"], f"two or three of {', '.join(OBJECTIVES)}")
+        elif objectives is not None:
+            values["objectives"] = objectives
+    if "sampler" in top and c.choice("sampler", top["sampler"], SAMPLERS) is not None:
+        values["sampler"] = top["sampler"]
+    for key in ("n_trials", "seed"):
+        if key in top and top[key] is not None:
+            number = c.integer(key, top[key], 1 if key == "n_trials" else 0)
+            if number is not None:
+                values[key] = number
+    if "n_trials" in top and top["n_trials"] is None:
+        values["n_trials"] = None
+    for key in ("timeout_s", "trial_timeout_s"):
+        if key in top and top[key] is not None:
+            seconds = c.number(key, top[key])
+            if seconds is not None:
+                values[key] = seconds
+    if "quality_reference" in top:
+        ref = c.number("quality_reference", top["quality_reference"])
+        if ref is not None:
+            values["quality_reference"] = ref
+    if values.get("n_trials", 1) is None and values.get("timeout_s") is None:
+        c.bad("n_trials", None, "a positive integer, unless timeout_s is set")
+    values["budget"] = _budget(c, top.get("budget"))
+    values["space"] = _space(c, top.get("space"))
+    values["generation"] = _generation(c, top.get("generation"))
+    values["evaluator"] = _evaluator(c, top.get("evaluator"))
+    _check_sampler_grid(c, values["space"], values["generation"])
+    if c.problems:
+        raise StudySpecError(c.problems, source)
+    return StudySpec(**values)
+
+
+def _check_storage(c: _Checker, url: str) -> None:
+    allowed = "an Optuna storage URL (sqlite:///file.db, postgresql://user@host:port/db, mysql://...) or a " \
+              "journal file path ending in .journal / .log"
+    if "://" in url:
+        scheme = url.split("://", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "mysql"):
+            c.bad("storage", url, allowed)
+    elif not url.endswith((".journal", ".log", ".jsonl")):
+        c.bad("storage", url, allowed)
+
+
+def _budget(c: _Checker, data: Any) -> Budget:
+    raw = c.mapping("budget", data, BUDGET_KEYS)
+    values: dict[str, Any] = {}
+    for key in ("latency_ms", "latency_per_step_ms"):
+        if raw.get(key) is not None:
+            values[key] = c.number(f"budget.{key}", raw[key])
+    if raw.get("peak_mem_bytes") is not None and raw.get("peak_mem_gb") is not None:
+        c.bad("budget.peak_mem_gb", raw["peak_mem_gb"], "only one of peak_mem_bytes and peak_mem_gb")
+    if raw.get("peak_mem_bytes") is not None:
+        number = c.number("budget.peak_mem_bytes", raw["peak_mem_bytes"])
+        values["peak_mem_bytes"] = None if number is None else int(number)
+    elif raw.get("peak_mem_gb") is not None:
+        number = c.number("budget.peak_mem_gb", raw["peak_mem_gb"])
+        values["peak_mem_bytes"] = None if number is None else int(number * 1e9)  # GB, not GiB
+    return Budget(**values)
+
+
+def _space(c: _Checker, data: Any) -> SpaceSpec:
+    known = tuple(f.name for f in fields(SpaceSpec))
+    raw = c.mapping("space", data, known)
+    default = SpaceSpec()
+    values: dict[str, Any] = {}
+    if "layer_grouping" in raw:
+        values["layer_grouping"] = c.choice("space.layer_grouping", raw["layer_grouping"], LAYER_GROUPINGS)
+    if "layer_groups" in raw:
+        values["layer_groups"] = c.integer("space.layer_groups", raw["layer_groups"], 1)
+    if "timestep_groups" in raw:
+        values["timestep_groups"] = c.integer("space.timestep_groups", raw["timestep_groups"], 1, 8)
+    if "timestep_schedule" in raw:
+        values["timestep_schedule"] = c.choice("space.timestep_schedule", raw["timestep_schedule"],
+                                               TIMESTEP_SCHEDULES)
+    for key, allowed in (("weight_bits", WEIGHT_BITS), ("act_bits", ACT_BITS), ("prune_methods", PRUNE_METHODS),
+                         ("structures", STRUCTURES)):
+        if key in raw:
+            values[key] = c.choices(f"space.{key}", raw[key], allowed)
+    for key in ("steps", "block_lengths"):
+        if key in raw:
+            ok = isinstance(raw[key], list) and raw[key] and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw[key])
+            if ok and len(set(raw[key])) == len(raw[key]):
+                values[key] = tuple(sorted(raw[key]))
+            else:
+                c.bad(f"space.{key}", raw[key], "a non-empty list of distinct positive integers")
+    if "quant_method" in raw:
+        values["quant_method"] = c.choice("space.quant_method", raw["quant_method"], QUANT_METHODS)
+    if "group_size" in raw:
+        values["group_size"] = c.choice("space.group_size", raw["group_size"], GROUP_SIZES)
+    if "weight_storage" in raw:
+        values["weight_storage"] = c.choice("space.weight_storage", raw["weight_storage"], WEIGHT_STORAGES)
+    if "sparsity" in raw:
+        values["sparsity"] = _sparsity(c, raw["sparsity"])
+    values = {k: v for k, v in values.items() if v is not None}
+    structured = {"heads", "channels"} & set(values.get("structures", default.structures))
+    if structured and values.get("layer_grouping", default.layer_grouping) == "per_layer":
+        c.bad("space.structures", sorted(structured), "unstructured or 2:4 with layer_grouping per_layer (heads and "
+              "channels prune a whole attention / MLP unit, which needs block_role or contiguous grouping)")
+    return SpaceSpec(**values)
+
+
+def _sparsity(c: _Checker, data: Any) -> SparsityRange | None:
+    raw = c.mapping("space.sparsity", data, ("min", "max", "step"))
+    if not raw:
+        return None
+    values = {}
+    for key in ("min", "max", "step"):
+        if key in raw:
+            number = _number(raw[key])
+            ok = isinstance(number, (int, float)) and not isinstance(number, bool) and 0 <= number < 1
+            if not ok or (key == "step" and number == 0):
+                c.bad(f"space.sparsity.{key}", raw[key], "a fraction in [0, 1)" + (", > 0" if key == "step" else ""))
+                return None
+            values[key] = float(number)
+    result = SparsityRange(**values)
+    if result.max < result.min:
+        c.bad("space.sparsity.max", result.max, f"at least min={result.min}")
+        return None
+    return result
+
+
+def _generation(c: _Checker, data: Any) -> GenerationSpec:
+    raw = c.mapping("generation", data, tuple(f.name for f in fields(GenerationSpec)))
+    values: dict[str, Any] = {}
+    if "gen_length" in raw:
+        values["gen_length"] = c.integer("generation.gen_length", raw["gen_length"], 1)
+    if "prompt_length" in raw:
+        values["prompt_length"] = c.integer("generation.prompt_length", raw["prompt_length"], 0)
+    if "remasking" in raw:
+        values["remasking"] = c.choice("generation.remasking", raw["remasking"], REMASKING_STRATEGIES)
+    return GenerationSpec(**{k: v for k, v in values.items() if v is not None})
+
+
+def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
+    raw = c.mapping("evaluator", data, tuple(f.name for f in fields(EvaluatorSpec)))
+    values: dict[str, Any] = {}
+    if "fidelity" in raw:
+        values["fidelity"] = c.choice("evaluator.fidelity", raw["fidelity"], FIDELITIES)
+    if "settings" in raw:
+        settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
+        for key, value in settings.items():
+            if key == "trajectory_weight":
+                c.number(f"evaluator.settings.{key}", value, low_open=False)
+            elif key in EVALUATOR_SETTINGS:
+                c.integer(f"evaluator.settings.{key}", value, 0 if key == "seed" else 1)
+        values["settings"] = {k: v for k, v in settings.items() if k in EVALUATOR_SETTINGS}
+    for key in ("data_files", "calibration_files"):
+        if key in raw:
+            files = raw[key]
+            if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+                c.bad(f"evaluator.{key}", files, "a list of text file paths")
+                continue
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                c.bad(f"evaluator.{key}", missing, "existing text files")
+            values[key] = tuple(files)
+    return EvaluatorSpec(**{k: v for k, v in values.items() if v is not None})
+
+
+def _check_sampler_grid(c: _Checker, space: SpaceSpec, generation: GenerationSpec) -> None:
+    """Every step count needs at least one block length the sampler accepts."""
+    for steps in space.steps:
+        if all(check_sampler_settings(generation.gen_length, steps, block, generation.remasking)
+               for block in space.block_lengths):
+            c.bad("space.steps", steps, f"step counts that at least one of block_lengths "
+                  f"{list(space.block_lengths)} accepts for gen_length={generation.gen_length} (steps must be a "
+                  "multiple of gen_length // block_length and at most gen_length)")
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec YAML file."""
+    file = Path(path)
+    if not file.is_file():
+        raise StudySpecError([f"no such file {str(file)!r}; allowed: a YAML study spec (see studies/quickstart.yaml)"],
+                             str(file))
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StudySpecError([f"not valid YAML: {str(exc).splitlines()[0]}"], str(file)) from None
+    return spec_from_dict(data, str(file))

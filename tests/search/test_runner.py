@@ -1,0 +1,128 @@
+"""run_study on a tiny model: budgets, resume, warm starts, constraints, failures, determinism, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dlmsearch.evaluators import QualityResult
+from dlmsearch.plan import load_plan
+from dlmsearch.search import run_study
+from dlmsearch.search.context import StudyContext
+from dlmsearch.search.pareto import feasible_front, is_feasible
+from dlmsearch.search.results import export_plan, open_study, plan_of
+from dlmsearch.search.runner import StudyMismatchError, TrialValueError, checked_values
+
+Make = Callable[..., StudyContext]
+
+
+def snapshot(study: optuna.Study) -> dict[int, tuple[Any, ...]]:
+    return {t.number: (t.state, t.values, t.params) for t in study.get_trials()}
+
+
+def test_budget_is_the_study_total_and_a_rerun_resumes(make_context: Make, tmp_path: Path) -> None:
+    context = make_context(sampler="random")
+    first = run_study(context.spec, tmp_path, n_trials=4, context=context, progress=False, write_outputs=False)
+    before = snapshot(first.study)
+    assert sum(s == TrialState.COMPLETE for s, _, _ in before.values()) == 4
+    again = run_study(context.spec, tmp_path, n_trials=6, context=context, progress=False, write_outputs=False)
+    after = snapshot(again.study)
+    assert len(after) == 6
+    assert {n: after[n] for n in before} == before  # finished trials untouched, none repeated
+    run_study(context.spec, tmp_path, n_trials=6, context=context, progress=False, write_outputs=False)
+    assert len(open_study(tmp_path).get_trials()) == 6
+
+
+def test_warm_starts_come_first_and_the_dense_plan_scores_zero(make_context: Make, tmp_path: Path) -> None:
+    context = make_context(n_trials=8)
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    warm = [t for t in trials if t.user_attrs.get("warm_start")]
+    assert len(warm) == 2 and warm[0].number == 0  # limit: n_trials // 4
+    dense = plan_of(trials[0])
+    assert all(set(lp.weight_bits) == {16} and lp.sparsity == 0 for lp in dense.layers.values())
+    assert dense.sampler.steps == 8
+    assert trials[0].values[0] == 0.0
+    assert study.metric_names == ["quality", "latency_ms", "peak_mem_bytes"]
+    for trial in trials:
+        assert trial.user_attrs["latency_provenance"] == "analytic"
+        assert trial.user_attrs["env"]["torch"]
+
+
+def test_constraints_keep_over_budget_plans_off_the_front(make_context: Make, tmp_path: Path) -> None:
+    probe = make_context()
+    dense = probe.cost_model.cost(probe.dense_plan(), probe.hardware).latency_ms
+    context = make_context(budget={"latency_ms": dense * 0.75}, n_trials=10, sampler="random")
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    infeasible = [t for t in trials if not is_feasible(t)]
+    assert infeasible, "the budget should exclude some Plans (e.g. the dense warm start)"
+    assert all(t.user_attrs["metrics"]["latency_ms"] > dense * 0.75 for t in infeasible)
+    assert all(t.user_attrs["fidelity"] == "low" for t in infeasible)  # never rescored
+    front = feasible_front(trials)
+    assert front and not {t.number for t in front} & {t.number for t in infeasible}
+
+
+def test_same_seed_gives_the_same_plans(make_context: Make, tmp_path: Path) -> None:
+    context = make_context(n_trials=5, warm_start=False)
+    runs = [run_study(context.spec, tmp_path / str(i), context=context, progress=False, write_outputs=False)
+            for i in range(2)]
+    plans = [[json.dumps(t.user_attrs["plan"]) for t in r.study.get_trials()] for r in runs]
+    assert plans[0] == plans[1]
+    values = [[t.values for t in r.study.get_trials()] for r in runs]
+    assert values[0] == values[1]
+
+
+def test_a_failing_trial_fails_alone(make_context: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = make_context(n_trials=4, warm_start=False, evaluator={"fidelity": "low"})
+    real = context.evaluator.evaluate
+    calls = {"n": 0}
+
+    def flaky(plan: Any, fidelity: str = "full") -> QualityResult:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory (simulated)")
+        if calls["n"] == 3:
+            return QualityResult.__new__(QualityResult)  # bypasses validation: no score at all
+        return real(plan, fidelity)
+
+    monkeypatch.setattr(context.evaluator, "evaluate", flaky)
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    states = [t.state for t in sorted(study.get_trials(), key=lambda t: t.number)]
+    assert states.count(TrialState.FAIL) == 2 and states.count(TrialState.COMPLETE) == 4
+    errors = [t.user_attrs.get("error", "") for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert any("out of memory" in e for e in errors)
+
+
+def test_non_finite_objectives_are_named() -> None:
+    with pytest.raises(TrialValueError, match="'latency_ms' is nan"):
+        checked_values(["quality", "latency_ms"], {"quality": 0.1, "latency_ms": math.nan})
+    with pytest.raises(TrialValueError, match="'quality' is None"):
+        checked_values(["quality"], {})
+
+
+def test_a_different_spec_under_the_same_name_is_refused(make_context: Make, tmp_path: Path) -> None:
+    context = make_context(n_trials=2, warm_start=False)
+    run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False)
+    changed = make_context(n_trials=2, warm_start=False, budget={"latency_ms": 1.0})
+    with pytest.raises(StudyMismatchError, match="budget"):
+        run_study(changed.spec, tmp_path, context=changed, progress=False, write_outputs=False)
+
+
+def test_outputs_and_export(make_context: Make, tmp_path: Path) -> None:
+    context = make_context(n_trials=6)
+    summary = run_study(context.spec, tmp_path, context=context, progress=False)
+    assert (tmp_path / "report.html").stat().st_size > 100_000  # plotly.js is embedded
+    front = json.loads((tmp_path / "pareto.json").read_text())["front"]
+    assert {row["trial"] for row in front} == {t.number for t in summary.front}
+    trial, path = export_plan(summary.study, tmp_path / "plan.json", pick="min quality")
+    assert trial.number in {t.number for t in summary.front}
+    assert load_plan(path) == plan_of(trial)
+    load_plan(path).validate_for(context.adapter)
