@@ -170,8 +170,9 @@ def pareto_figures(data: FrontData) -> list[Any]:
     groups = {"feasible front": [p for p in data.points if p.on_front],
               "feasible": [p for p in data.points if p.feasible and not p.on_front],
               "infeasible (over budget)": [p for p in data.points if not p.feasible]}
-    styles: dict[str, dict[str, Any]] = {"feasible front": {"color": "#d62728", "size": 10}, "feasible": {"color": "#1f77b4", "size": 6},
-              "infeasible (over budget)": {"color": "#bbbbbb", "size": 6, "symbol": "x"}}
+    styles: dict[str, dict[str, Any]] = {"feasible front": {"color": "#d62728", "size": 10},
+                                         "feasible": {"color": "#1f77b4", "size": 6},
+                                         "infeasible (over budget)": {"color": "#bbbbbb", "size": 6, "symbol": "x"}}
     objectives = data.objectives
     figures = []
     for i in range(len(objectives)):
