@@ -168,13 +168,124 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the quickstart on the embedded model and print where its report is."""
-    from dlmsearch.demo import run_sampler_demo
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
 
-    report = run_sampler_demo(Path(args.out))
-    print(f"report: {report}")
+        torch.set_num_threads(threads)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) a study; print the front's size, the report and how to export."""
+    from dlmsearch.search import load_study_spec, run_study
+
+    _set_threads(args.threads)
+    spec = load_study_spec(_study_path(args.spec))
+    summary = run_study(spec, args.out or Path("runs") / spec.study, storage=args.storage, n_trials=args.n_trials)
+    print(f"study {spec.study}: {len(summary.study.trials)} trials, feasible front {len(summary.front)} Plans, "
+          f"hypervolume {summary.hypervolume:.4f}")
+    print(f"report: {summary.run_dir / 'report.html'}")
+    print(f"export: dlmsearch export {summary.run_dir} --pick 'min quality' -o plan.json")
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Add a worker process to an existing or new study in a shared storage."""
+    from dlmsearch.search import load_study_spec, run_study
+
+    _set_threads(args.threads)
+    spec = load_study_spec(_study_path(args.spec))
+    out = args.out or Path("runs") / f"{spec.study}-worker"
+    summary = run_study(spec, out, storage=args.storage, n_trials=args.n_trials, write_outputs=False)
+    print(f"worker done: study {spec.study} holds {len(summary.study.trials)} trials")
+    return 0
+
+
+def _study_path(name: str) -> Path:
+    """A spec path, or the name of a shipped study (``quickstart``)."""
+    path = Path(name)
+    shipped = Path(__file__).resolve().parent.parent / "studies" / f"{name}.yaml"
+    return shipped if not path.exists() and shipped.is_file() else path
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from dlmsearch.search import open_study
+
+    return open_study(args.run_dir, storage=args.storage, study_name=args.study)
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    """Print the feasible front as a table, or as JSON."""
+    import json
+    from dataclasses import asdict
+
+    from dlmsearch.search import front_rows
+
+    rows = front_rows(_open(args))
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=1))
+        return 0
+    metrics = ["quality", "latency_ms", "latency_per_step_ms", "peak_mem_bytes"]
+    print(f"{'trial':>5}  " + "  ".join(f"{m:>19}" for m in metrics) + "  fidelity  Plan")
+    for r in rows:
+        print(f"{r.number:>5}  " + "  ".join(f"{r.metrics.get(m, float('nan')):>19.6g}" for m in metrics)
+              + f"  {r.fidelity:8s}  {r.summary}")
+    print(f"{len(rows)} Plans on the feasible front")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the study's HTML report."""
+    from dlmsearch.reports.study_report import write_report
+
+    out = Path(args.out) if args.out else Path(args.run_dir or ".") / "report.html"
+    print(f"report: {write_report(_open(args), out)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write one trial's Plan as JSON (by number or by a --pick expression)."""
+    from dlmsearch.search import export_plan
+
+    trial, path = export_plan(_open(args), args.output, number=args.trial, pick=args.pick)
+    metrics = trial.user_attrs.get("metrics", {})
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("quality", "latency_ms", "peak_mem_bytes") if k in metrics)
+    print(f"wrote {path}: trial {trial.number} ({shown})")
+    print(f"apply it: dlmsearch apply {path} --out compressed/")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan."""
+    from dlmsearch.search import export_plan, load_study_spec, run_study
+
+    spec = load_study_spec(_study_path("quickstart"))
+    out = Path(args.out)
+    summary = run_study(spec, out)
+    print(f"study {spec.study}: {len(summary.study.trials)} trials, feasible front {len(summary.front)} Plans, "
+          f"hypervolume {summary.hypervolume:.4f}")
+    print(f"report: {out / 'report.html'}")
+    trial, path = export_plan(summary.study, out / "plan.json", pick="min quality")
+    metrics = trial.user_attrs["metrics"]
+    print(f"plan: {path} (trial {trial.number}: the best quality within the budget; quality {metrics['quality']:.4f}, "
+          f"latency {metrics['latency_ms']:.1f} ms, memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
+    print(f"next: dlmsearch apply {path} --out {out / 'compressed'} && "
+          f"dlmsearch generate --model {out / 'compressed'} --prompt 'ROMEO.'")
+    return 0
+
+
+def _add_study_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL or journal file (default: the spec's, else RUN_DIR/study.journal)")
+    parser.add_argument("--n-trials", type=int, default=None, help="the study's total trial budget (default: spec)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: all cores; use 1 per worker when workers share a machine)")
+
+
+def _add_study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", default=None, help="run folder written by `dlmsearch run`")
+    parser.add_argument("--storage", default=None, help="a storage URL instead of a run folder (with --study)")
+    parser.add_argument("--study", default=None, help="study name in --storage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,8 +360,38 @@ def build_parser() -> argparse.ArgumentParser:
                       help="torch threads to measure with (default: torch's; 1 on an oversubscribed machine)")
     prof.set_defaults(func=cmd_profile)
 
-    demo = sub.add_parser("demo", help="the quickstart on the embedded model")
-    demo.add_argument("--out", default="runs/demo", help="folder for the report")
+    run = sub.add_parser("run", help="run or resume a search (a study spec YAML, or a shipped name: quickstart)")
+    run.add_argument("spec", help="study spec YAML (see studies/)")
+    run.add_argument("--out", default=None, help="run folder (default: runs/STUDY)")
+    _add_study_run_args(run)
+    run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser("worker", help="add a worker to a study in a shared storage")
+    worker.add_argument("spec", help="the study spec YAML every worker uses")
+    worker.add_argument("--out", default=None, help="folder for this worker's log (default: runs/STUDY-worker)")
+    _add_study_run_args(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    pareto = sub.add_parser("pareto", help="the feasible Pareto front of a study, as a table or JSON")
+    _add_study_args(pareto)
+    pareto.add_argument("--json", action="store_true")
+    pareto.set_defaults(func=cmd_pareto)
+
+    report = sub.add_parser("report", help="write a study's interactive HTML report")
+    _add_study_args(report)
+    report.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report.html)")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="write one trial's Plan as JSON")
+    _add_study_args(export)
+    choice = export.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--trial", type=int, help="trial number")
+    choice.add_argument("--pick", help="e.g. 'min quality where latency_ms <= 400 and peak_mem_bytes <= 2e9'")
+    export.add_argument("-o", "--output", required=True, help="Plan JSON to write")
+    export.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="the quickstart: search the embedded model for this CPU and export a Plan")
+    demo.add_argument("--out", default="runs/quickstart", help="run folder")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -92,7 +92,7 @@ def _summary(plan_data: dict[str, Any] | None) -> str:
 
 def front_data(study: optuna.Study) -> FrontData:
     """The points of every COMPLETE trial, which of them form the feasible front, and the budget."""
-    from dlmsearch.search.runner import SPEC_ATTR
+    from dlmsearch.search.runner import LIMITS_ATTR
 
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -100,8 +100,7 @@ def front_data(study: optuna.Study) -> FrontData:
     points = [TrialPoint(t.number, dict(zip(objectives, t.values or [], strict=True)), is_feasible(t),
                          t.number in front, _summary(t.user_attrs.get("plan")), str(t.user_attrs.get("fidelity", "")))
               for t in sorted(trials, key=lambda t: t.number)]
-    budget = {k: float(v) for k, v in (study.user_attrs.get(SPEC_ATTR, {}).get("budget") or {}).items()
-              if v is not None and k in objectives}
+    budget = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items() if k in objectives}
     return FrontData(objectives, points, budget)
 
 

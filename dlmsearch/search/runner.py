@@ -48,6 +48,7 @@ logger = logging.getLogger("dlmsearch.search.runner")
 
 SPEC_ATTR = "dlmsearch.spec"
 REFERENCE_ATTR = "dlmsearch.reference"
+LIMITS_ATTR = "dlmsearch.limits"
 SENSITIVITY_ATTR = "dlmsearch.sensitivity"
 #: A low-fidelity score this many times worse than a front member that costs no more is not rescored.
 LOW_FIDELITY_SLACK = 2.0
@@ -89,9 +90,10 @@ def environment() -> dict[str, str]:
 class TrialObjective:
     """Scores one trial: Plan, cost, constraints, quality (see the module docstring)."""
 
-    def __init__(self, context: StudyContext, study: optuna.Study) -> None:
+    def __init__(self, context: StudyContext, study: optuna.Study, limits: dict[str, float]) -> None:
         self.context = context
         self.study = study
+        self.limits = limits
         self.env = environment()
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -105,9 +107,9 @@ class TrialObjective:
                                      "latency_per_step_ms": cost.latency_ms / plan.sampler.steps}
         trial.set_user_attr("latency_provenance", cost.provenance)
         trial.set_user_attr("hardware", ctx.hardware.name)
-        for name, limit in spec.budget.limits().items():
+        for name, limit in self.limits.items():
             trial.set_constraint(name, metrics[name] - limit)
-        feasible = all(metrics[name] <= limit for name, limit in spec.budget.limits().items())
+        feasible = all(metrics[name] <= limit for name, limit in self.limits.items())
         quality = self.quality(plan, metrics, feasible)
         metrics["quality"] = quality.score
         trial.set_user_attr("fidelity", quality.fidelity)
@@ -218,7 +220,7 @@ def integer_program_solutions(context: StudyContext, budgets: int = 3
     """Sensitivity-table integer-program solutions for a few budgets of the first cost objective."""
     spec = context.spec
     cost_name = next((o for o in spec.objectives if o != "quality"), "latency_ms")
-    limits = spec.budget.limits()
+    limits = spec.budget.limits(context.reference_point())
 
     def cost_of(plan: Plan) -> float:
         result = context.cost_model.cost(plan, context.hardware)
@@ -263,11 +265,13 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     study = create_or_load_study(spec, open_storage(storage_url), sampler)
     if REFERENCE_ATTR not in study.user_attrs:
         study.set_user_attr(REFERENCE_ATTR, context.reference_point())
+    limits = spec.budget.limits(study.user_attrs[REFERENCE_ATTR])
+    study.set_user_attr(LIMITS_ATTR, limits)
     total = n_trials or spec.n_trials
     if spec.warm_start and not study.get_trials(deepcopy=False):
         count = enqueue_warm_starts(study, context, limit=max(2, (total or 50) // 4))
         logger.info("enqueued %d warm-start Plans", count)
-    optimize(study, TrialObjective(context, study), total, spec.timeout_s, spec.trial_timeout_s, progress,
+    optimize(study, TrialObjective(context, study, limits), total, spec.timeout_s, spec.trial_timeout_s, progress,
              reference(study, spec.objectives))
     summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),
                          front_hypervolume(study.get_trials(deepcopy=False), reference(study, spec.objectives)), out)

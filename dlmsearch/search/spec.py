@@ -5,7 +5,8 @@ A minimal spec (every other field has a default)::
     study: quickstart
     model: shakespeare-char          # embedded name or a local checkpoint folder
     hardware: local                  # registry name, hardware / profile YAML, or "local"
-    budget: {latency_ms: 400}        # optional: latency_ms, latency_per_step_ms, peak_mem_bytes | peak_mem_gb
+    budget: {latency_ms: 400}        # optional: latency_ms, latency_per_step_ms, peak_mem_bytes | peak_mem_gb,
+                                     # or relative to the dense model: latency_fraction, peak_mem_fraction
     objectives: [quality, latency_ms]
     n_trials: 40
 
@@ -32,7 +33,8 @@ SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
 LAYER_GROUPINGS: tuple[str, ...] = ("block_role", "block", "contiguous", "per_layer")
 TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
 FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
-BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb")
+BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb", "latency_fraction",
+                                "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight",
                                        "calibration_sequences", "seed")
@@ -106,10 +108,19 @@ class Budget:
     latency_ms: float | None = None
     latency_per_step_ms: float | None = None
     peak_mem_bytes: int | None = None
+    latency_fraction: float | None = None  # of the dense Plan's latency: a budget that travels across machines
+    peak_mem_fraction: float | None = None
 
-    def limits(self) -> dict[str, float]:
-        """The set limits by name."""
-        return {k: float(v) for k, v in asdict(self).items() if v is not None}
+    def limits(self, dense: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The limits by metric name; fractions become absolute with ``dense`` (the dense Plan's
+        ``latency_ms`` and ``peak_mem_bytes``), which they require."""
+        out = {k: float(v) for k, v in asdict(self).items() if v is not None and not k.endswith("_fraction")}
+        for name, fraction in (("latency_ms", self.latency_fraction), ("peak_mem_bytes", self.peak_mem_fraction)):
+            if fraction is not None:
+                if dense is None:
+                    raise ValueError(f"budget.{name.split('_')[0]}_fraction needs the dense Plan's cost")
+                out[name] = fraction * float(dense[name])
+        return out
 
 
 @dataclass(frozen=True)
@@ -307,8 +318,15 @@ def _budget(c: _Checker, data: Any) -> Budget:
     for key in ("latency_ms", "latency_per_step_ms"):
         if raw.get(key) is not None:
             values[key] = c.number(f"budget.{key}", raw[key])
-    if raw.get("peak_mem_bytes") is not None and raw.get("peak_mem_gb") is not None:
-        c.bad("budget.peak_mem_gb", raw["peak_mem_gb"], "only one of peak_mem_bytes and peak_mem_gb")
+    for key in ("latency_fraction", "peak_mem_fraction"):
+        if raw.get(key) is not None:
+            values[key] = c.number(f"budget.{key}", raw[key])
+    exclusive = (("peak_mem_gb", ("peak_mem_bytes", "peak_mem_fraction")), ("peak_mem_fraction", ("peak_mem_bytes",)),
+                 ("latency_fraction", ("latency_ms",)))
+    for key, others in exclusive:
+        for other in others:
+            if raw.get(key) is not None and raw.get(other) is not None:
+                c.bad(f"budget.{key}", raw[key], f"only one of {key} and {other}")
     if raw.get("peak_mem_bytes") is not None:
         number = c.number("budget.peak_mem_bytes", raw["peak_mem_bytes"])
         values["peak_mem_bytes"] = None if number is None else int(number)

@@ -84,3 +84,13 @@ def test_files_that_are_not_specs_give_clear_errors(tmp_path: Path) -> None:
 def test_shipped_studies_are_valid(name: str) -> None:
     spec = load_study_spec(REPO / "studies" / name)
     assert spec.study
+
+
+def test_relative_budgets_resolve_against_the_dense_plan() -> None:
+    spec = spec_from_dict({"study": "s", "budget": {"latency_fraction": 0.5, "peak_mem_gb": 1}})
+    dense = {"latency_ms": 300.0, "peak_mem_bytes": 4e9}
+    assert spec.budget.limits(dense) == {"latency_ms": 150.0, "peak_mem_bytes": 1e9}
+    with pytest.raises(ValueError, match="dense"):
+        spec.budget.limits()
+    with pytest.raises(StudySpecError, match="only one of latency_fraction and latency_ms"):
+        spec_from_dict({"study": "s", "budget": {"latency_fraction": 0.5, "latency_ms": 3}})
