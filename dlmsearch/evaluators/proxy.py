@@ -7,7 +7,10 @@ Score of a Plan (nats per token, lower is better, 0 for the dense model)::
 - ``KL``: mean over the masked positions of every masked state of KL(dense || compressed). The
   states are held-out windows masked at stratified mask ratios t (seeded). A state with mask ratio
   t sits at denoising progress 1 - t, so it is scored with the precision the Plan gives that
-  timestep group (:func:`~dlmsearch.compress.force_timestep_group`).
+  timestep group (:func:`~dlmsearch.compress.force_timestep_group`). States run in fixed batches
+  of ``batch_size`` sorted by mask ratio (one forward per batch and distinct group precision; the
+  dense reference uses the same batches, so the dense Plan scores exactly 0). The metric
+  ``kl_state`` is the same KL averaged per state instead of per position (diagnostic).
 - ``trajectory``: the step count only shows in generation. A few prompts (held-out text) are
   completed with the Plan's sampler settings by the compressed model and, once and cached, by the
   dense model at one token per step. Then
@@ -17,7 +20,14 @@ Score of a Plan (nats per token, lower is better, 0 for the dense model)::
   generated tokens equal to the dense generation's. The ``max(0, .)`` keeps degenerate, repetitive
   text (which can score a lower NELBO) from earning a bonus.
 
-``fidelity="low"`` scores the first quarter of the windows and one prompt; ``"full"`` all of them.
+``fidelity="low"`` scores the first ``low_fidelity_windows`` windows (their own stratified grid of
+mask ratios) and one prompt; ``"full"`` all windows and ``trajectory_prompts`` prompts.
+
+Diagnostics, not part of the score yet: ``steps_prompted_gap`` / ``steps_unconditional_gap``, what
+the Plan's step count alone costs the dense model (NELBO gap of its own generations at the Plan's
+steps vs one token per step, ``step_rows`` prompted and as many unconditional rows at temperature
+1). They depend on the sampler settings only, so they are computed once per setting and cached.
+
 Dense reference outputs are cached on disk (:mod:`dlmsearch.evaluators.reference`).
 """
 
