@@ -356,7 +356,8 @@ class AnalyticCostModel(BaseCostModel):
         dense16 = ((wb == 16).any(axis=2) | ~quantized.any(axis=2)) * k * n * db
         weights = codes + scales + dense16
         if (layout.kernel_copies or layout.dequantized_copies) and hw is not None:
-            fmt = self.formats(a, hw)
+            # caches are built on first use: a timestep group that runs no step builds none
+            fmt = np.where(a.steps_per_group[:, None, :] > 0, self.formats(a, hw), -1)
             extra = np.zeros_like(k)
             if layout.kernel_copies:
                 extra += (fmt == INT8_DYNAMIC).any(axis=2) * (k * n + 8 * n)
