@@ -33,8 +33,8 @@ SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
 LAYER_GROUPINGS: tuple[str, ...] = ("block_role", "block", "contiguous", "per_layer")
 TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
 FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
-BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb", "latency_fraction",
-                                "peak_mem_fraction")
+BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
+                                "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight",
                                        "calibration_sequences", "seed")
@@ -352,7 +352,10 @@ def _space(c: _Checker, data: Any) -> SpaceSpec:
                                                TIMESTEP_SCHEDULES)
     for key, allowed in (("weight_bits", WEIGHT_BITS), ("act_bits", ACT_BITS), ("prune_methods", PRUNE_METHODS),
                          ("structures", STRUCTURES)):
-        if key in raw:
+        if key == "structures" and isinstance(raw.get(key), list) and 124 in raw[key]:
+            c.bad("space.structures", raw[key], "structure names; write \"2:4\" in quotes (YAML reads a bare 2:4 as "
+                  "the base-60 number 124)")
+        elif key in raw:
             values[key] = c.choices(f"space.{key}", raw[key], allowed)
     for key in ("steps", "block_lengths"):
         if key in raw:

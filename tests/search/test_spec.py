@@ -48,6 +48,7 @@ def test_resolved_spec_round_trips_through_yaml() -> None:
     ({"study": "s", "space": {"layer_grouping": "rows"}}, "space.layer_grouping: 'rows'"),
     ({"study": "s", "space": {"steps": [3], "block_lengths": [16]}}, "space.steps: 3"),
     ({"study": "s", "space": {"structures": ["heads"], "layer_grouping": "per_layer"}}, "space.structures"),
+    ({"study": "s", "space": {"structures": [124]}}, "write \"2:4\" in quotes"),
     ({"study": "s", "storage": "redis://x"}, "storage: 'redis://x'"),
     ({"study": "s", "evaluator": {"fidelity": "medium"}}, "evaluator.fidelity: 'medium'"),
     ({"study": "s", "evaluator": {"settings": {"windows": 0}}}, "evaluator.settings.windows: 0"),

@@ -1,0 +1,60 @@
+"""Study report data on a hand-built study: front membership, budget lines, heatmap and bars; the HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from dlmsearch.models.loading import build_random_model
+from dlmsearch.plan import LayerPlan, uniform_plan
+from dlmsearch.reports.study_report import front_data, plan_layout, render_html, study_report_data
+from dlmsearch.search.runner import LIMITS_ATTR, REFERENCE_ATTR
+
+ADAPTER = build_random_model("llama", num_layers=2, hidden_size=64, num_heads=4)
+
+
+def hand_built() -> optuna.Study:
+    """Three trials: a feasible front of two (0 and 2) and one over the latency budget (1)."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_metric_names(["quality", "latency_ms"])
+    study.set_user_attr(LIMITS_ATTR, {"latency_ms": 100.0})
+    study.set_user_attr(REFERENCE_ATTR, {"quality": 1.0, "latency_ms": 200.0})
+    base = uniform_plan(ADAPTER, timestep_groups=2, weight_bits=8)
+    first = next(iter(base.layers))
+    mixed = {**base.layers, first: LayerPlan(weight_bits=(2, 4), act_bits=(16, 16), sparsity=0.3)}
+    plans = [base, base, type(base)(base.model, base.sampler, base.timestep_groups, base.weight_storage, mixed)]
+    for plan, (quality, latency) in zip(plans, [(0.1, 90.0), (0.05, 150.0), (0.3, 40.0)], strict=True):
+        trial = study.ask()
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("fidelity", "full")
+        trial.set_constraint("latency_ms", latency - 100.0)
+        study.tell(trial, [quality, latency])
+    return study
+
+
+def test_front_data_marks_the_feasible_front_and_the_budget() -> None:
+    data = front_data(hand_built())
+    assert data.objectives == ["quality", "latency_ms"]
+    assert [(p.number, p.feasible, p.on_front) for p in data.points] == [(0, True, True), (1, False, False),
+                                                                        (2, True, True)]
+    assert [p.number for p in data.front()] == [0, 2]  # sorted by quality
+    assert data.budget == {"latency_ms": 100.0}
+    assert "weight bits 8.0/8.0" in data.points[0].summary
+
+
+def test_plan_layout_is_bits_per_layer_and_timestep_group() -> None:
+    layout = plan_layout(hand_built().trials[2])
+    assert layout.timestep_labels == ["progress 0.00-0.50", "progress 0.50-1.00"]
+    assert layout.weight_bits[0] == [2, 4] and layout.weight_bits[1] == [8, 8]
+    assert layout.sparsity[0] == 0.3 and layout.sparsity[1] == 0.0
+    assert len(layout.layers) == len(list(ADAPTER.linears()))
+
+
+def test_report_html_is_self_contained(tmp_path: Path) -> None:
+    data = study_report_data(hand_built())
+    assert [p.trial for p in data.plans] == [0, 2]
+    assert data.hypervolume[-1][1] > 0
+    page = render_html(data)
+    assert "plotly" in page and len(page) > 1_000_000 and "<script src=" not in page  # plotly.js inline
+    assert "Feasible Pareto front" in page and "budget latency_ms" in page

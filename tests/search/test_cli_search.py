@@ -1,0 +1,76 @@
+"""The search from the command line on the embedded model: run, resume, pareto, report, export, apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlmsearch.cli import main
+from dlmsearch.plan import load_plan
+
+SPEC = {
+    "study": "cli",
+    "hardware": "x86-avx512-laptop",
+    "budget": {"latency_fraction": 0.8},
+    "objectives": ["quality", "latency_ms"],
+    "space": {"weight_bits": [4, 8, 16], "sparsity": {"min": 0.0, "max": 0.2, "step": 0.2}, "steps": [8, 16],
+              "block_lengths": [16], "layer_grouping": "contiguous", "layer_groups": 2},
+    "generation": {"gen_length": 16, "prompt_length": 16},
+    "evaluator": {"fidelity": "multi", "settings": {"windows": 2, "low_fidelity_windows": 1, "trajectory_prompts": 1,
+                                                    "calibration_sequences": 2, "repeats": 2}},
+    "sampler": "tpe",
+    "n_trials": 3,
+    "warm_start": False,
+}
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+@pytest.mark.slow
+def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), "--out", str(run_dir), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "study cli: 3 trials" in out and "report.html" in out
+    assert {"spec.yaml", "study.journal", "report.html", "pareto.json", "storage.txt"} <= {
+        p.name for p in run_dir.iterdir()}
+    assert main(["run", str(spec_file), "--out", str(run_dir), "--n-trials", "4", "--threads", "1"]) == 0
+    assert "study cli: 4 trials" in capsys.readouterr().out
+
+    assert main(["pareto", str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(row["feasible"] for row in rows)
+    assert main(["pareto", str(run_dir)]) == 0
+    assert "Plans on the feasible front" in capsys.readouterr().out
+
+    report = tmp_path / "again.html"
+    assert main(["report", str(run_dir), "--out", str(report)]) == 0 and report.stat().st_size > 100_000
+
+    plan_path = tmp_path / "plan.json"
+    assert main(["export", str(run_dir), "--pick", "min quality where latency_ms <= 1e12", "-o", str(plan_path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    best = min(rows, key=lambda r: r["metrics"]["quality"])
+    assert main(["export", str(run_dir), "--trial", str(best["number"]), "-o", str(tmp_path / "same.json")]) == 0
+    assert load_plan(tmp_path / "same.json") == load_plan(plan_path)
+    assert main(["apply", str(plan_path), "--out", str(tmp_path / "compressed"), "--calibration-sequences", "2"]) == 0
+
+
+def test_user_errors_are_one_line(spec_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**SPEC, "sampler": "annealing", "n_trials": -1}))
+    assert main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "sampler: 'annealing'" in err and "n_trials: -1" in err and "Traceback" not in err
+    assert main(["pareto", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --trial and --pick exclude each other
+        main(["export", str(tmp_path), "--trial", "1", "--pick", "min quality", "-o", "p.json"])
