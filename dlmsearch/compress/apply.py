@@ -88,8 +88,8 @@ def _needs_calibration(plan: Plan) -> tuple[set[str], set[str]]:
     return methods, gptq
 
 
-def _unit_ratio(ratio: float, units: int, unit_width: int, group_size: int, where: str) -> float:
-    """Pruning ratio adjusted so the kept width stays a multiple of the quantization group.
+def realizable_ratio(ratio: float, units: int, unit_width: int, group_size: int) -> float:
+    """Structured pruning ratio adjusted so the kept width stays a multiple of the quantization group.
 
     The quantized layer that reads the pruned units (o or down) needs its input width divisible
     by its group size, so the kept count is rounded to the nearest multiple that allows it.
@@ -98,7 +98,11 @@ def _unit_ratio(ratio: float, units: int, unit_width: int, group_size: int, wher
         return ratio
     step = group_size // unit_width if group_size % unit_width == 0 else group_size
     keep = min(units, max(step, round((1 - ratio) * units / step) * step))
-    adjusted = 1 - keep / units
+    return 1 - keep / units
+
+
+def _unit_ratio(ratio: float, units: int, unit_width: int, group_size: int, where: str) -> float:
+    adjusted = realizable_ratio(ratio, units, unit_width, group_size)
     if abs(adjusted - ratio) > 1e-9:
         logger.warning("%s: pruning ratio %.3f adjusted to %.3f so the kept width divides group_size=%d",
                        where, ratio, adjusted, group_size)

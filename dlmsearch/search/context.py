@@ -58,7 +58,8 @@ def build_context(spec: StudySpec) -> StudyContext:
     """Load the model and build the space, the proxy evaluator, the cost model and the hardware."""
     adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
     linears = list(adapter.linears())
-    space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears)
+    space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears,
+                        adapter.shape)
     hardware = resolve_hardware(spec.hardware, adapter.shape, linears)
     settings = ProxySettings(**dict(spec.evaluator.settings))
     text_ids = _read_text_ids(adapter, spec.evaluator.data_files) if spec.evaluator.data_files else None

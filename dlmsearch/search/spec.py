@@ -37,7 +37,7 @@ BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_b
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight",
-                                       "calibration_sequences", "seed")
+                                       "step_weight", "step_rows", "calibration_sequences", "seed")
 
 
 class StudySpecError(ValueError):
@@ -421,7 +421,7 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
     if "settings" in raw:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
-            if key == "trajectory_weight":
+            if key in ("trajectory_weight", "step_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
                 c.integer(f"evaluator.settings.{key}", value, 0 if key == "seed" else 1)

@@ -17,7 +17,9 @@ over ``layer_groups`` runs of consecutive blocks, ``per_layer`` = each linear by
 Two repairs keep every Plan valid without conditional parameters, both deterministic: a
 ``block_length`` the sampler refuses for the trial's ``steps`` becomes the nearest accepted one
 (ties: the longer), and ``2:4`` prunes exactly half of a group whose sampled sparsity is >= 0.25
-and nothing below.
+and nothing below. Given the model's shape, head / channel sparsity snaps to the nearest ratio the
+model can realise (whole KV-head groups, kept width a multiple of the quantization group), so the
+cost model prices the Plan that actually runs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo
+from dlmsearch.compress.apply import realizable_ratio
+from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
 from dlmsearch.models.sampler import check_sampler_settings
 from dlmsearch.plan import STRUCTURE_ROLES, LayerPlan, ModelRef, Plan, SamplerSettings
 from dlmsearch.search.spec import GenerationSpec, SpaceSpec
@@ -76,7 +79,7 @@ class SearchSpace:
     """The knobs of a :class:`~dlmsearch.search.spec.SpaceSpec` for one model's linears."""
 
     def __init__(self, space: SpaceSpec, generation: GenerationSpec, model: ModelRef,
-                 linears: Sequence[LinearInfo]) -> None:
+                 linears: Sequence[LinearInfo], shape: ModelShape | None = None) -> None:
         if not linears:
             raise SearchSpaceError("the model has no compressible linears")
         bad = sorted({info.in_features for info in linears if space.group_size and info.in_features % space.group_size})
@@ -86,6 +89,7 @@ class SearchSpace:
         self.space = space
         self.generation = generation
         self.model = model
+        self.shape = shape
         self.groups = layer_groups(linears, space.layer_grouping, space.layer_groups)
         g = space.timestep_groups
         self.boundaries = tuple(round(i / g, 6) for i in range(1, g))
@@ -159,6 +163,8 @@ class SearchSpace:
             sparsity = float(params.get(f"{group.name}.sparsity", s.sparsity.values()[0]))
             if structure == "2:4":
                 sparsity = 0.5 if sparsity >= 0.25 else 0.0
+            elif structure in ("heads", "channels"):
+                sparsity = self.structured_sparsity(structure, sparsity, weight)
             layer = LayerPlan(weight_bits=weight, act_bits=act, sparsity=round(sparsity, 6),
                               prune_method=prune_method, structure=structure, group_size=s.group_size,
                               quant_method=s.quant_method)
@@ -168,6 +174,17 @@ class SearchSpace:
         sampler = SamplerSettings(steps=steps, gen_length=self.generation.gen_length, block_length=block,
                                   remasking=self.generation.remasking)
         return Plan(self.model, sampler, self.boundaries, s.weight_storage, layers)
+
+    def structured_sparsity(self, structure: str, sparsity: float, weight_bits: tuple[int, ...]) -> float:
+        """The ratio of heads / channels the model can really remove nearest to ``sparsity``."""
+        if self.shape is None or sparsity == 0:
+            return sparsity
+        group = self.space.group_size if any(b < 16 for b in weight_bits) else 0
+        if structure == "heads":
+            kv = self.shape.num_kv_heads
+            return realizable_ratio(round(sparsity * kv) / kv, kv,
+                                    self.shape.num_heads // kv * self.shape.head_dim, group)
+        return realizable_ratio(sparsity, self.shape.intermediate_size, 1, group)
 
     def _bits_per_timestep(self, params: Mapping[str, Any], group: LayerGroup, kind: str,
                            allowed: tuple[int, ...]) -> tuple[int, ...]:

@@ -61,7 +61,8 @@ def make_context(tiny_parts: tuple[Any, ProxyEvaluator]) -> Callable[..., StudyC
     def make(**overrides: Any) -> StudyContext:
         spec = tiny_spec(**overrides)
         linears = list(adapter.linears())
-        space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears)
+        space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears,
+                            adapter.shape)
         cost = AnalyticCostModel(adapter.shape, linears, prompt_length=spec.generation.prompt_length)
         return StudyContext(spec, adapter, space, evaluator, cost, load_hardware(spec.hardware))
 

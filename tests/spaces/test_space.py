@@ -129,3 +129,24 @@ def test_presets_outside_the_space_are_refused_and_group_sizes_checked() -> None
     spec = spec_from_dict({"study": "s", "space": {"group_size": 256}})
     with pytest.raises(SearchSpaceError, match="space.group_size: 256"):
         SearchSpace(spec.space, spec.generation, MODEL, LINEARS)
+
+
+def test_structured_sparsity_snaps_to_what_the_model_can_remove(caplog: pytest.LogCaptureFixture) -> None:
+    spec = spec_from_dict({"study": "s", "space": {"structures": ["heads", "channels"], "weight_bits": [4, 16],
+                                                   "group_size": 32}})
+    space = SearchSpace(spec.space, spec.generation, MODEL, LINEARS, ADAPTER.shape)
+    params = space.preset_params(4)
+    assert params is not None
+    plan = space.plan_from_params({**params, "block0.attn.sparsity": 0.4, "block0.mlp.sparsity": 0.3})
+    by_name = {info.name: info for info in LINEARS}
+    block0 = {by_name[n].role: lp for n, lp in plan.layers.items() if by_name[n].block == 0}
+    assert block0["q"].structure == "heads" and block0["q"].sparsity == 0.5  # whole heads, kept width % 32 == 0
+    assert block0["up"].structure == "channels" and block0["up"].sparsity == 0.25  # 96 of 128 channels kept
+    import torch
+
+    from dlmsearch.compress import CalibrationSet, apply_plan_
+
+    model = build_random_model("llama", num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128)
+    ids = torch.randint(0, 60, (2000,), generator=torch.Generator().manual_seed(0))
+    apply_plan_(model, plan, CalibrationSet.from_ids(ids, model.mask_token_id, n_sequences=2, seq_len=32))
+    assert "adjusted" not in caplog.text
