@@ -19,6 +19,8 @@ from dlmsearch.spaces import SearchSpace
 
 logger = logging.getLogger("dlmsearch.search.context")
 
+REFERENCE_MARGIN = 1.1
+
 
 @dataclass
 class StudyContext:
@@ -39,11 +41,17 @@ class StudyContext:
         sampler = SamplerSettings(steps, generation.gen_length, block, generation.remasking)
         return Plan(self.space.model, sampler, self.space.boundaries, space.weight_storage, {})
 
-    def reference_point(self) -> dict[str, float]:
-        """Per objective, the value that maps to 1 in the normalised hypervolume."""
+    def dense_cost(self) -> dict[str, float]:
+        """Latency and memory of :meth:`dense_plan` (what relative budgets are fractions of)."""
         cost = self.cost_model.cost(self.dense_plan(), self.hardware)
-        return {"quality": self.spec.quality_reference, "latency_ms": cost.latency_ms,
-                "peak_mem_bytes": float(cost.peak_mem_bytes)}
+        return {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes)}
+
+    def reference_point(self) -> dict[str, float]:
+        """Per objective, the value that maps to 1 in the normalised hypervolume: the dense Plan's
+        cost times :data:`REFERENCE_MARGIN` (so the dense Plan itself adds volume) and the spec's
+        ``quality_reference``."""
+        return {"quality": self.spec.quality_reference,
+                **{name: value * REFERENCE_MARGIN for name, value in self.dense_cost().items()}}
 
 
 def _read_text_ids(adapter: DLMAdapter, files: tuple[str, ...]) -> torch.Tensor:

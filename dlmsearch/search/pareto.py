@@ -2,8 +2,8 @@
 
 Every objective is minimised. Optuna's ``study.best_trials`` may include infeasible trials, so the
 front here is computed from COMPLETE trials whose constraints are all <= 0. Hypervolume is taken
-in normalised space: each objective is divided by its reference value (the study's dense Plan cost
-for latency / memory, ``quality_reference`` for quality) and the reference point is (1, ..., 1),
+in normalised space: each objective is divided by its reference value (1.1 x the study's dense Plan
+cost for latency / memory, ``quality_reference`` for quality) and the reference point is (1, ..., 1),
 so a study's hypervolume lies in [0, 1] and compares across samplers and seeds.
 """
 

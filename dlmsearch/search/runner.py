@@ -220,7 +220,7 @@ def integer_program_solutions(context: StudyContext, budgets: int = 3
     """Sensitivity-table integer-program solutions for a few budgets of the first cost objective."""
     spec = context.spec
     cost_name = next((o for o in spec.objectives if o != "quality"), "latency_ms")
-    limits = spec.budget.limits(context.reference_point())
+    limits = spec.budget.limits(context.dense_cost())
 
     def cost_of(plan: Plan) -> float:
         result = context.cost_model.cost(plan, context.hardware)
@@ -263,10 +263,10 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     context = context or build_context(spec)
     sampler = make_sampler(spec.sampler, spec.seed, n_trials or spec.n_trials)
     study = create_or_load_study(spec, open_storage(storage_url), sampler)
-    if REFERENCE_ATTR not in study.user_attrs:
+    if REFERENCE_ATTR not in study.user_attrs:  # fixed at creation: a resumed study keeps its yardsticks
         study.set_user_attr(REFERENCE_ATTR, context.reference_point())
-    limits = spec.budget.limits(study.user_attrs[REFERENCE_ATTR])
-    study.set_user_attr(LIMITS_ATTR, limits)
+        study.set_user_attr(LIMITS_ATTR, spec.budget.limits(context.dense_cost()))
+    limits = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items()}
     total = n_trials or spec.n_trials
     if spec.warm_start and not study.get_trials(deepcopy=False):
         count = enqueue_warm_starts(study, context, limit=max(2, (total or 50) // 4))
