@@ -103,7 +103,7 @@ def realizable_ratio(ratio: float, units: int, unit_width: int, group_size: int)
 
 def _unit_ratio(ratio: float, units: int, unit_width: int, group_size: int, where: str) -> float:
     adjusted = realizable_ratio(ratio, units, unit_width, group_size)
-    if abs(adjusted - ratio) > 1e-9:
+    if abs(adjusted - ratio) > 1e-6:  # Plans store ratios to 6 decimals
         logger.warning("%s: pruning ratio %.3f adjusted to %.3f so the kept width divides group_size=%d",
                        where, ratio, adjusted, group_size)
     return adjusted
