@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dlmsearch demo --out runs/demo
+	$(BIN)/dlmsearch demo --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/ruff check dlmsearch tests bench

@@ -276,7 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_study_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None,
-                        help="Optuna storage URL or journal file (default: the spec's, else RUN_DIR/study.journal)")
+                        help="Optuna storage URL or journal file (default: the spec's, else RUN_DIR/journal.log)")
     parser.add_argument("--n-trials", type=int, default=None, help="the study's total trial budget (default: spec)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: all cores; use 1 per worker when workers share a machine)")

@@ -1,6 +1,6 @@
 """Optuna storages for a study: a journal file in the run folder by default, or any storage URL.
 
-- journal file (default ``RUN_DIR/study.journal``): safe for several worker processes on one
+- journal file (default ``RUN_DIR/journal.log``): safe for several worker processes on one
   machine (file lock), nothing to install;
 - ``sqlite:///file.db``: one worker only (SQLite locks under concurrent writers);
 - ``postgresql://user@host:port/db`` (psycopg2 from PyPI): many workers on many machines, with
@@ -15,7 +15,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-JOURNAL_NAME = "study.journal"
+JOURNAL_NAME = "journal.log"
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
 

@@ -41,7 +41,7 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     assert main(["run", str(spec_file), "--out", str(run_dir), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "study cli: 3 trials" in out and "report.html" in out
-    assert {"spec.yaml", "study.journal", "report.html", "pareto.json", "storage.txt"} <= {
+    assert {"spec.yaml", "journal.log", "report.html", "pareto.json", "storage.txt"} <= {
         p.name for p in run_dir.iterdir()}
     assert main(["run", str(spec_file), "--out", str(run_dir), "--n-trials", "4", "--threads", "1"]) == 0
     assert "study cli: 4 trials" in capsys.readouterr().out
