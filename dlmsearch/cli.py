@@ -403,11 +403,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    from dlmsearch.search.runner import RunInterrupted
+
     try:
         return func(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ class TrialValueError(ValueError):
     """An objective came back NaN, infinite or missing; the message names it."""
 
 
+class RunInterrupted(Exception):
+    """SIGTERM or Ctrl-C during a run: the running trial was marked FAIL before this was raised."""
+
+
 class StudyMismatchError(ValueError):
     """A study of this name exists in the storage with a different spec."""
 
@@ -147,6 +151,25 @@ def checked_values(objectives: Sequence[str], metrics: dict[str, float]) -> list
             raise TrialValueError(f"objective {name!r} is {value!r}; allowed: a finite number")
         values.append(float(value))
     return values
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`RunInterrupted` (main thread only) so the running trial ends FAIL."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -314,11 +337,13 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
                 break
             trial = study.ask(distributions)
             try:
-                with time_limit(trial_timeout_s):
+                with terminate_as_interrupt(), time_limit(trial_timeout_s):
                     values = objective(trial)
-            except (KeyboardInterrupt, SystemExit):
+            except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
+                trial.set_user_attr("error", f"interrupted: {type(exc).__name__} {exc}")
                 study.tell(trial, state=TrialState.FAIL)
-                raise
+                raise RunInterrupted(f"trial {trial.number} marked FAIL after {type(exc).__name__} {exc}; "
+                                     "run the same command again to resume") from exc
             except Exception as exc:  # a trial's failure must not end the study
                 failures += 1
                 logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)

@@ -74,3 +74,38 @@ def test_user_errors_are_one_line(spec_file: Path, tmp_path: Path, capsys: pytes
     assert "not a run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --trial and --pick exclude each other
         main(["export", str(tmp_path), "--trial", "1", "--pick", "min quality", "-o", "p.json"])
+
+
+@pytest.mark.slow
+def test_sigterm_mid_trial_fails_the_trial_and_exits_non_zero(spec_file: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from dlmsearch.search import open_study
+
+    run_dir = tmp_path / "run"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**spec, "n_trials": 50}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dlmsearch.cli", "run", str(spec_file), "--out", str(run_dir),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (run_dir / "journal.log").exists():
+            trials = open_study(run_dir).get_trials()
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and any(
+                    t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "marked FAIL" in err and "Traceback" not in err
+    states = [t.state for t in open_study(run_dir).get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
+    assert not list(run_dir.glob("*.lock"))
