@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,6 +64,7 @@ from dlmsearch.compress.kernels import (
     pack_int8_weight_only,
 )
 from dlmsearch.compress.quantize import quantize_rtn
+from dlmsearch.cost_models.profile import last_level_cache_bytes
 from dlmsearch.models.loading import load_model
 
 LLADA_SHAPE = (12288, 4096)  # (N, K) of LLaDA-8B's MLP up/gate projection
@@ -121,16 +121,6 @@ def _operand_bytes(operand: Any) -> int:
     if hasattr(operand, "unpack"):
         return sum(_operand_bytes(t) for t in operand.unpack() if isinstance(t, torch.Tensor))
     return 0
-
-
-def last_level_cache_bytes() -> int:
-    """Size of the largest CPU cache sysfs reports (32 MiB when unknown)."""
-    sizes = []
-    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = path.read_text().strip().upper()
-        unit = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KM")) * unit)
-    return max(sizes, default=32 * MiB)
 
 
 def prepare_copies(fmt: Format, weights: Sequence[torch.Tensor], group: int, target_bytes: int) -> list[Any]:
