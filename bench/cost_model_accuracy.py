@@ -2,17 +2,22 @@
 
 Reproduce with::
 
-    .venv/bin/python bench/cost_model_accuracy.py            # 30 random Plans + 8 extremes per model
-    .venv/bin/python bench/cost_model_accuracy.py --quick    # 6 random Plans + 8 extremes, 2 rounds
+    .venv/bin/python bench/cost_model_accuracy.py            # 30 random Plans + 8 extremes + named, per model
+    .venv/bin/python bench/cost_model_accuracy.py --quick    # 6 random Plans + 8 extremes + named, 2 rounds
+    .venv/bin/python bench/cost_model_accuracy.py --quick --only embedded --threads 1
 
-Two models: the embedded model (``load_model()``, prompt 16 + 16 generated tokens, M = 32, 2-8 steps) and a
-LLaDA-shaped random model (``build_random_model``: 8 layers, d=1024, 8 heads of 128, MLP 3072 = 3d
-as LLaDA, vocabulary 8192; prompt 8 + 8 generated, M = 16, 1-4 steps: the real kernels are slow on
-this CPU). Each Plan (random per-(block,
-attention / MLP) weight bits over one or two timestep groups, activation bits, group size 0 or 64,
-magnitude pruning unstructured / heads / channels, nested or copies, steps) is applied with real
-kernels (``apply_plan_(..., use_kernels=True)``) and its whole ``generate`` call timed. Plans are
-timed in interleaved rounds (every Plan once per round, rotated order; the LLaDA-shaped model in
+Two models: the embedded model (``load_model()``, the quickstart's workload: prompt 32 + 64 generated
+tokens, M = 96, 16/32/64 steps, blocks of 16 or 32) and a LLaDA-shaped random model
+(``build_random_model``: 8 layers, d=1024, 8 heads of 128, MLP 3072 = 3d as LLaDA, vocabulary
+8192; prompt 8 + 8 generated, M = 16, 1-4 steps). Each Plan (random per-(block, attention / MLP)
+weight bits over one or two timestep groups, activation bits, group size 0 or 64, magnitude
+pruning unstructured / heads / channels, nested or copies, steps, block length; then the
+extremes; then the named quickstart Plans -- dense, W8, W4, W4/8 over two timestep groups, heads
+1/3 + MLP channels 0.25, unstructured 50% -- at every steps / block length) is applied as the
+search deploys it (``apply_plan_`` with its default ``use_kernels``: dequantize-then-matmul on
+CPUs; ``--use-kernels`` forces the real low-bit kernels, and prices them) and its whole
+``generate`` call timed. Plans are
+timed in interleaved rounds (every Plan once per round, shuffled order; the LLaDA-shaped model in
 chunks of 6 Plans, which is what fits in memory), each round also times the dense model, and the
 figure per Plan is the median over rounds. ``drift-corrected`` divides each time by the dense
 time of the same round and multiplies by the dense median of the whole run (timings on this shared
@@ -20,8 +25,11 @@ machine drift 2-3x; the ratio to a neighbour does not).
 
 Predictions: (a) datasheet-only: the analytic model on the ``x86-avx512-laptop`` spec;
 (b) calibrated: the same analytic model on a profile measured in this run just before the timings
-(``measure_profile`` over the model's shapes at M/4 .. 2M). Reported per model: MAPE, Kendall tau and
-Spearman rho of predicted vs measured latency; tensor bytes held after generation vs the predicted
+(``measure_profile`` over the model's shapes at M/4 .. 2M); (c) quick profile: the profile
+``hardware: local`` measures (:data:`QUICK_TOKEN_COUNTS`, few rounds). The analytic model is built
+as the search builds it (dense dtype and kernels follow the target). Reported per model: MAPE,
+Kendall tau and Spearman rho of predicted vs measured latency, the mean / max error over the named
+Plans; tensor bytes held after generation vs the predicted
 weights under the ``runtime`` layout; and, for a few Plans built one at a time, RSS growth (peak
 during generation minus RSS before the model copy; glibc's mmap threshold is lowered so freed
 tensors leave the RSS) vs the predicted weights + activations + logits. Last, the analytic
@@ -61,6 +69,7 @@ from dlmsearch.cost_models.measured import (
     tensor_bytes,
     time_call,
 )
+from dlmsearch.cost_models.profile import QUICK_TOKEN_COUNTS
 from dlmsearch.models.adapters import ATTENTION_ROLES, DLMAdapter, LinearInfo, ModelShape
 from dlmsearch.models.loading import build_random_model, load_model
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
@@ -79,6 +88,7 @@ class Workload:
     gen_length: int
     steps: tuple[int, ...]
     chunk: int  # Plans held in memory at once
+    block_lengths: tuple[int, ...] = ()  # () : one block of gen_length
 
 
 def _group(adapter: DLMAdapter, rng: random.Random, attention: bool, groups: int) -> LayerPlan:
@@ -96,9 +106,9 @@ def _group(adapter: DLMAdapter, rng: random.Random, attention: bool, groups: int
 
 
 def _plan(w: Workload, attn: dict[int, LayerPlan], mlp: dict[int, LayerPlan], steps: int, boundaries: tuple,
-          storage: str) -> Plan:
+          storage: str, block_length: int | None = None) -> Plan:
     layers = {i.name: (attn if i.role in ATTENTION_ROLES else mlp)[i.block] for i in w.adapter.linears()}
-    sampler = SamplerSettings(steps=steps, gen_length=w.gen_length, block_length=w.gen_length)
+    sampler = SamplerSettings(steps=steps, gen_length=w.gen_length, block_length=block_length or w.gen_length)
     return Plan(ModelRef(w.adapter.name, w.adapter.shape.fingerprint), sampler, boundaries, storage, layers)
 
 
@@ -112,8 +122,13 @@ def random_plans(w: Workload, count: int, seed: int = 0) -> list[Plan]:
         boundaries = (0.5,) if groups == 2 else ()
         attn = {b: _group(w.adapter, rng, True, groups) for b in blocks}
         mlp = {b: _group(w.adapter, rng, False, groups) for b in blocks}
-        plans.append(_plan(w, attn, mlp, rng.choice(w.steps), boundaries, rng.choice(("nested", "copies"))))
+        block = rng.choice(w.block_lengths) if w.block_lengths else None
+        plans.append(_plan(w, attn, mlp, rng.choice(w.steps), boundaries, rng.choice(("nested", "copies")), block))
     return plans
+
+
+EXTREMES = 8  # extreme_plans returns this many (the RSS checks take the first ones)
+NAMED = ("dense", "W8", "W4", "W4/8 (2 timestep groups)", "heads 1/3 + channels 0.25", "unstructured 50%")
 
 
 def extreme_plans(w: Workload) -> list[Plan]:
@@ -136,9 +151,43 @@ def extreme_plans(w: Workload) -> list[Plan]:
             uniform(LayerPlan((8, 2), (16, 16), group_size=64), hi, boundaries=(0.5,))]
 
 
+def named_plans(w: Workload) -> list[tuple[str, Plan]]:
+    """The quickstart's reference Plans (:data:`NAMED`) at every (steps, block length) of the workload."""
+    blocks = range(w.adapter.shape.num_layers)
+    heads = max(1, w.adapter.shape.num_heads // 3) / w.adapter.shape.num_heads
+    layers = [LayerPlan(group_size=0), LayerPlan((8,), (16,), group_size=64), LayerPlan((4,), (16,), group_size=64),
+              LayerPlan((4, 8), (16, 16), group_size=64),
+              (LayerPlan(structure="heads", sparsity=heads, prune_method="magnitude", group_size=0),
+               LayerPlan(structure="channels", sparsity=0.25, prune_method="magnitude", group_size=0)),
+              LayerPlan(sparsity=0.5, prune_method="magnitude", group_size=0)]
+    out = []
+    for steps in w.steps:
+        for block in w.block_lengths or (w.gen_length,):
+            if steps % (w.gen_length // block) or steps // (w.gen_length // block) > block:
+                continue
+            for name, layer in zip(NAMED, layers, strict=True):
+                attn, mlp = layer if isinstance(layer, tuple) else (layer, layer)
+                boundaries = (0.5,) if len(attn.weight_bits) == 2 else ()
+                plan = _plan(w, dict.fromkeys(blocks, attn), dict.fromkeys(blocks, mlp), steps, boundaries,
+                             "nested", block)
+                out.append((f"{name} steps {steps} block {block}", plan))
+    return out
+
+
+USE_KERNELS: bool | None = None  # apply_plan_'s default (simulated on CPUs); --use-kernels sets True
+
+
+def all_plans(w: Workload, count: int) -> tuple[list[Plan], list[str]]:
+    """Random Plans, the extremes and the named Plans, with a label each."""
+    named = named_plans(w)
+    plans = random_plans(w, count) + extreme_plans(w) + [p for _, p in named]
+    labels = [f"random {i}" for i in range(count)] + [f"extreme {i}" for i in range(EXTREMES)] + [n for n, _ in named]
+    return plans, labels
+
+
 def _compressed(w: Workload, plan: Plan) -> DLMAdapter:
     model = copy.deepcopy(w.adapter)
-    apply_plan_(model, plan, use_kernels=True)
+    apply_plan_(model, plan, use_kernels=USE_KERNELS)
     return model
 
 
@@ -159,7 +208,7 @@ def time_plans(w: Workload, plans: Sequence[Plan], rounds: int) -> tuple[list[fl
         for r in range(rounds):
             dense_s = time_call(w.adapter, dense_run) / dense_steps  # per step: Plans differ in steps
             dense_all.append(dense_s)
-            order = chunk[r % len(chunk):] + chunk[:r % len(chunk)]
+            order = random.Random(r).sample(chunk, len(chunk))  # a new order each round: load drifts
             for i in order:
                 seconds = time_call(models[i], runs[i])
                 raw[i].append(seconds * 1e3)
@@ -197,38 +246,51 @@ def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
 
 def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[str, float]:
     """Every figure of one model."""
-    plans = random_plans(w, count) + extreme_plans(w)
+    plans, labels = all_plans(w, count)
     linears = w.adapter.linears()
     m = w.prompt_length + w.gen_length
     start = time.perf_counter()
     profile = measure_profile(w.adapter.shape, linears, token_counts=(max(1, m // 4), m // 2, m, 2 * m),
                               reps=5, min_seconds=0.5, progress=False)
     print(f"{w.name}: profile in {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    model = AnalyticCostModel(w.adapter.shape, linears, prompt_length=w.prompt_length, dense_dtype="fp32")
-    runtime = AnalyticCostModel(w.adapter.shape, linears, prompt_length=w.prompt_length, dense_dtype="fp32",
-                                layout="runtime")
+    start = time.perf_counter()  # what `hardware: local` measures (local_profile(quick=True))
+    quick = measure_profile(w.adapter.shape, linears, token_counts=QUICK_TOKEN_COUNTS, reps=3, min_seconds=0.15,
+                            progress=False)
+    print(f"{w.name}: quick profile in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    # the cost model as the search builds it: dense dtype and kernels follow the target (fp32, simulated on CPUs)
+    model = AnalyticCostModel(w.adapter.shape, linears, prompt_length=w.prompt_length, use_kernels=USE_KERNELS)
+    runtime = AnalyticCostModel(w.adapter.shape, linears, prompt_length=w.prompt_length, layout="runtime",
+                                use_kernels=USE_KERNELS)
     datasheet = [c.latency_ms for c in model.cost_many(plans, load_hardware(DATASHEET))]
     calibrated = [c.latency_ms for c in model.cost_many(plans, profile)]
+    local = [c.latency_ms for c in model.cost_many(plans, quick)]
     memory = runtime.cost_many(plans, profile)
     start = time.perf_counter()
     measured, corrected, held = time_plans(w, plans, rounds)
     print(f"{w.name}: {len(plans)} Plans timed in {time.perf_counter() - start:.0f}s", file=sys.stderr)
     figures: dict[str, float] = {"plans": len(plans), "tokens_per_step": m,
                                  "measured_ms_min": min(measured), "measured_ms_max": max(measured)}
-    for label, predicted in (("datasheet", datasheet), ("calibrated", calibrated)):
+    for label, predicted in (("datasheet", datasheet), ("calibrated", calibrated), ("quick_profile", local)):
         for target, values in (("raw", measured), ("drift_corrected", corrected)):
             for key, value in accuracy(predicted, values).items():
                 figures[f"{label}_{target}_{key}"] = value
+    named = [i for i, label in enumerate(labels) if not label.startswith(("random", "extreme"))]
+    for label, predicted in (("calibrated", calibrated), ("quick_profile", local)):
+        errors = [(predicted[i] - measured[i]) / measured[i] * 100 for i in named]
+        if errors:
+            figures[f"named_{label}_mean_abs_error_pct"] = float(np.mean(np.abs(errors)))
+            figures[f"named_{label}_max_abs_error_pct"] = float(np.max(np.abs(errors)))
     weight_errors = [abs(c.breakdown["weights_bytes"] - h) / h * 100 for c, h in zip(memory, held, strict=True)]
     figures["tensor_bytes_mean_abs_error_pct"] = float(np.mean(weight_errors))
     figures["tensor_bytes_max_abs_error_pct"] = float(np.max(weight_errors))
-    for i, (plan, meas, cor, cal, ds) in enumerate(zip(plans, measured, corrected, calibrated, datasheet,
-                                                       strict=True)):
+    for i, (plan, meas, cor, cal, loc, ds) in enumerate(zip(plans, measured, corrected, calibrated, local, datasheet,
+                                                            strict=True)):
         print(f"{w.name} plan {i:2d} steps {plan.sampler.steps:3d}: measured {meas:9.1f} ms (drift-corrected "
-              f"{cor:9.1f})  calibrated {cal:9.1f}  datasheet {ds:8.2f}  held {held[i] / 2**20:7.1f} MiB  "
-              f"predicted {memory[i].breakdown['weights_bytes'] / 2**20:7.1f} MiB", file=sys.stderr)
+              f"{cor:9.1f})  calibrated {cal:9.1f} ({(cal / meas - 1) * 100:+5.1f}%)  quick profile {loc:9.1f} "
+              f"({(loc / meas - 1) * 100:+5.1f}%)  datasheet {ds:8.2f}  held {held[i] / 2**20:7.1f} MiB  "
+              f"predicted {memory[i].breakdown['weights_bytes'] / 2**20:7.1f} MiB  [{labels[i]}]", file=sys.stderr)
     rss_errors = []
-    for index in range(len(plans) - 8, len(plans) - 8 + rss_plans):
+    for index in range(count, count + rss_plans):  # the first extremes
         growth, cost = rss_growth(w.name, index, count), memory[index]
         print(f"{w.name}: RSS growth {growth / 2**20:.1f} MiB, predicted peak {cost.peak_mem_bytes / 2**20:.1f} MiB",
               file=sys.stderr)
@@ -248,7 +310,8 @@ def rss_growth(name: str, index: int, count: int) -> int:
     mmap + page faults, several times slower: that is why it runs apart from the timings.
     """
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
-    out = subprocess.run([sys.executable, __file__, "--rss-child", name, str(index), str(count)], env=env,
+    flags = ["--use-kernels"] if USE_KERNELS else []
+    out = subprocess.run([sys.executable, __file__, "--rss-child", name, str(index), str(count), *flags], env=env,
                          capture_output=True, text=True, check=True).stdout
     return int(next(line for line in out.splitlines() if line.startswith("rss_growth_bytes:")).split(":")[1])
 
@@ -277,7 +340,7 @@ def llada_a100() -> dict[str, float]:
 def workload(name: str) -> Workload:
     """The two benchmark models (deterministic: the random model is seeded)."""
     if name == "embedded":
-        return Workload("embedded", load_model(), 16, 16, (2, 4, 8), 64)
+        return Workload("embedded", load_model(), 32, 64, (16, 32, 64), 128, (16, 32))  # the quickstart's
     big = build_random_model("llama", num_layers=8, hidden_size=1024, num_heads=8, intermediate_size=3072,
                              vocab_size=8192, max_length=64)
     return Workload("llada8x1024", big, 8, 8, (1, 2, 4), 6)
@@ -285,20 +348,26 @@ def workload(name: str) -> Workload:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="6 random Plans + 8 extremes per model, 2 rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="6 random Plans + 8 extremes (+ the named Plans) per model, 2 rounds")
     parser.add_argument("--only", choices=("embedded", "llada8x1024"), help="one model only")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on an oversubscribed machine multi-threaded ops wait for "
                              "descheduled peers and time in scheduler slices)")
+    parser.add_argument("--use-kernels", action="store_true",
+                        help="apply Plans with real low-bit kernels (default: apply_plan_'s default, which simulates "
+                             "on CPUs) and price them so")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "INDEX", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global USE_KERNELS
+    USE_KERNELS = True if args.use_kernels else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 3, 4)
     if args.rss_child:
         name, index, count = args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2])
         w = workload(name)
-        print(f"rss_growth_bytes: {rss_growth_child(w, (random_plans(w, count) + extreme_plans(w))[index])}")
+        print(f"rss_growth_bytes: {rss_growth_child(w, all_plans(w, count)[0][index])}")
         return {}
     figures: dict[str, float] = {}
     workloads = [workload(name) for name in ("embedded", "llada8x1024") if args.only in (None, name)]

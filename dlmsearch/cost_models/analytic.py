@@ -7,8 +7,12 @@ processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per 
     bytes = K * N * weight_bits / 8 + scales + M * K * act_bytes + M * N * dense_bytes
     time  = max(FLOPs / (eta_c(M) * peak[compute dtype]), bytes / (eta_m(M) * bandwidth)) + launch
 
-(the roofline of RESEARCH.md; Williams et al. 2009). Which format runs follows
-:func:`dlmsearch.compress.kernels.select_kernel`, restated over arrays: W8A8 runs the
+(the roofline of RESEARCH.md; Williams et al. 2009). Whether real kernels run at all is
+:func:`kernels_run`: ``apply_plan_``'s own default (:func:`dlmsearch.compress.apply.default_use_kernels`,
+the one place that decides it) for the target's device type -- real kernels on CUDA, none on CPUs,
+where every quantized weight runs ``simulated`` -- unless ``use_kernels`` says otherwise. Where
+kernels run, which format runs follows :func:`dlmsearch.compress.kernels.select_kernel`, restated
+over arrays: W8A8 runs the
 ``int8_dynamic`` kernel (int8 peak, 1-byte activations) when the weight is 8-bit *per channel*;
 other 8-bit per-channel weights run ``int8_weight_only``; 2/3/4-bit weights whose group is a
 multiple of 32 (and ``N % 16 == 0`` on CPUs, ``N % 8 == 0`` and ``K % 32 == 0`` on GPUs) run
@@ -20,7 +24,9 @@ W8A8 kernel cost :data:`FAKE_QUANT_PASSES` read+write passes over the input. Str
 shrinks K or N; unstructured sparsity changes nothing (no sparse kernel runs it). Attention adds
 ``4 * M * L * heads * head_dim`` FLOPs per layer (L = M, bidirectional), the LM head
 ``2 * M * d * V``, and norms, activations and sampling are memory-bound passes over their tensors.
-Step time is summed over the Plan's steps, each step at its timestep group's precision.
+Step time is summed over the Plan's steps, each step at its timestep group's precision. Dense
+bytes and the dense peak are those of the dtype the model runs in (:func:`default_dense_dtype`:
+float32 on CPUs, as ``load_model`` loads it; bf16 on accelerators).
 
 A measured profile (:mod:`dlmsearch.cost_models.profile`) replaces the datasheet efficiencies:
 each part with a measured curve costs ``ideal / eta_f(M)``, where ``ideal`` is the roofline above
@@ -41,11 +47,13 @@ at the peak layer, and fp32 logits and probabilities. The plain sampler keeps no
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from dlmsearch.cost_models.base import BaseCostModel, CostResult
 from dlmsearch.cost_models.hardware_spec import HardwareSpec
@@ -103,6 +111,35 @@ class PlanArrays:
     per_channel: np.ndarray  # (P, n) bool: one scale per output channel (group 0 or the full width)
 
 
+def default_dense_dtype(hw: HardwareSpec) -> str:
+    """The dtype a model runs in on ``hw`` unless told otherwise: ``fp32`` on a CPU (``load_model``'s
+    default; most CPUs emulate bf16 matmuls several times slower), ``bf16`` on accelerators."""
+    return "fp32" if hw.kind == "cpu" else "bf16"
+
+
+def target_device_type(hw: HardwareSpec) -> str:
+    """The torch device type a model targeting ``hw`` runs on (``cuda`` for GPUs, else ``cpu``)."""
+    return "cuda" if hw.kind == "gpu" else "cpu"
+
+
+@functools.cache
+def _default_use_kernels(device_type: str) -> bool:
+    from dlmsearch.compress.apply import default_use_kernels
+
+    return default_use_kernels(torch.device(device_type))
+
+
+def kernels_run(hw: HardwareSpec, use_kernels: bool | None = None) -> bool:
+    """Whether quantized layers run real low-bit kernels on ``hw`` (those the spec lists).
+
+    ``use_kernels`` as given to ``apply_plan_``; None is its default, decided in one place,
+    :func:`dlmsearch.compress.apply.default_use_kernels` for the target's device type: real kernels
+    on CUDA, dequantize-then-matmul (format ``simulated``) on CPUs, where torch's int8 / int4
+    weight-only kernels are many times slower than a float32 matmul at a DLM step's token counts.
+    """
+    return _default_use_kernels(target_device_type(hw)) if use_kernels is None else use_kernels
+
+
 def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
     """How many of ``steps`` fall in each timestep group (step k has progress k / steps)."""
     edges = [0, *(math.ceil(b * steps - 1e-9) for b in boundaries), steps]
@@ -120,14 +157,19 @@ def _layer_row(weight_bits: tuple[int, ...], act_bits: tuple[int, ...], sparsity
 class AnalyticCostModel(BaseCostModel):
     """Roofline latency and memory of Plans for one model shape (see the module docstring).
 
-    ``dense_dtype`` is the dtype the model runs in (``bf16`` on accelerators, ``fp32`` for a CPU
-    model in float32): it sets dense bytes and the dense peak. ``layout`` is ``"packed"`` or
+    ``dense_dtype`` is the dtype the model runs in: it sets dense bytes and the dense peak; None
+    (the default) takes :func:`default_dense_dtype` of the target (``fp32`` on a CPU, where
+    ``load_model`` keeps float32 and bf16 matmuls are emulated, ``bf16`` on accelerators).
+    ``use_kernels`` says whether quantized layers run real low-bit kernels; None (the default)
+    takes the decision ``apply_plan_`` makes by default on the target (:func:`kernels_run`):
+    real kernels on CUDA, dequantize-then-matmul (``simulated``) on CPUs. ``layout`` is ``"packed"`` or
     ``"runtime"`` (see :data:`LAYOUTS`).
     """
 
     def __init__(self, shape: ModelShape, linears: Sequence[LinearInfo], prompt_length: int = 0,
-                 batch_size: int = 1, dense_dtype: str = "bf16", layout: str | WeightLayout = "packed") -> None:
-        if dense_dtype not in DTYPE_BYTES:
+                 batch_size: int = 1, dense_dtype: str | None = None, layout: str | WeightLayout = "packed",
+                 use_kernels: bool | None = None) -> None:
+        if dense_dtype is not None and dense_dtype not in DTYPE_BYTES:
             raise ValueError(f"dense_dtype={dense_dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
         if isinstance(layout, str) and layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -136,7 +178,7 @@ class AnalyticCostModel(BaseCostModel):
         self.prompt_length = prompt_length
         self.batch_size = batch_size
         self.dense_dtype = dense_dtype
-        self.dense_bytes = DTYPE_BYTES[dense_dtype]
+        self.use_kernels = use_kernels
         self.layout = LAYOUTS[layout] if isinstance(layout, str) else layout
         self._names = tuple(info.name for info in self.linears)
         self._in = np.array([i.in_features for i in self.linears], dtype=np.float64)
@@ -212,11 +254,14 @@ class AnalyticCostModel(BaseCostModel):
         k, n = self._effective_shapes(a)
         wb, ab = a.weight_bits, a.act_bits
         per_channel = a.per_channel[:, :, None]
-        int8_dynamic = (wb == 8) & (ab == 8) & per_channel & hw.has_kernel("int8_dynamic")
-        int8_weight_only = (wb == 8) & ~int8_dynamic & per_channel & hw.has_kernel("int8_weight_only")
+        kernels = kernels_run(hw, self.use_kernels)
+        has = {name: kernels and hw.has_kernel(name) for name in ("int8_dynamic", "int8_weight_only",
+                                                                  "int4_weight_only")}
+        int8_dynamic = (wb == 8) & (ab == 8) & per_channel & has["int8_dynamic"]
+        int8_weight_only = (wb == 8) & ~int8_dynamic & per_channel & has["int8_weight_only"]
         span_ok = (a.group_size % TINYGEMM_GROUPS[-1] == 0)
         shape_ok = (n % 16 == 0) if hw.kind == "cpu" else (n % 8 == 0) & (k % 32 == 0)
-        int4 = (wb <= 4) & (span_ok & shape_ok)[:, :, None] & hw.has_kernel("int4_weight_only")
+        int4 = (wb <= 4) & (span_ok & shape_ok)[:, :, None] & has["int4_weight_only"]
         quantized = (wb < 16) | (ab < 16)  # a QuantizedLinear: without a kernel it dequantizes (simulates)
         return np.where(int8_dynamic, INT8_DYNAMIC, np.where(int8_weight_only, INT8_WEIGHT_ONLY, np.where(
             int4, INT4_WEIGHT_ONLY, np.where(quantized, SIMULATED, DENSE))))
@@ -229,13 +274,15 @@ class AnalyticCostModel(BaseCostModel):
         k, n = k2[:, :, None], n2[:, :, None]
         m = a.tokens[:, None, None]
         fmt = self.formats(a, hw)
-        db = self.dense_bytes
+        dtype = self.dtype_for(hw)
+        db = DTYPE_BYTES[dtype]
         dense = (fmt == DENSE) | (fmt == SIMULATED)
         stored_bits = np.where(fmt == INT4_WEIGHT_ONLY, 4.0, np.where(dense, 8.0 * db, 8.0))
         scale_bytes = np.where(~dense, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
         act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, db)
-        peak = np.where(fmt == INT8_DYNAMIC, hw.peak("int8"), hw.peak(self.dense_dtype))
-        two_four = (a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
+        peak = np.where(fmt == INT8_DYNAMIC, hw.peak("int8"), hw.peak(dtype))
+        two_four = ((a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
+                    & kernels_run(hw, self.use_kernels))
         flops = 2.0 * m * k * n * np.where(two_four, 0.5, 1.0)
         data = k * n * stored_bits / 8 + scale_bytes + m * k * act_bytes + m * n * db
         fake = np.where((a.act_bits < 16) & (fmt != INT8_DYNAMIC), 2.0 * FAKE_QUANT_PASSES * m * k * db, 0.0)
@@ -243,7 +290,7 @@ class AnalyticCostModel(BaseCostModel):
 
     def _other_terms(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
         """(FLOPs, bytes, launches) per plan (P, 1) of the non-linear parts of one step."""
-        s, db = self.shape, self.dense_bytes
+        s, db = self.shape, DTYPE_BYTES[self.dtype_for(hw)]
         tokens = a.tokens[:, None]
         heads = s.num_heads * self._block_keep(a, attention=True)  # (P, layers)
         attn_flops = (4.0 * tokens * tokens * heads * s.head_dim).sum(axis=1, keepdims=True)
@@ -270,30 +317,30 @@ class AnalyticCostModel(BaseCostModel):
         ``linear`` is split further by format: ``linear:<format>`` for the dense dtype and each kernel.
         """
         fmt, flops, data, peak, fake = self._linear_terms(a, hw)
-        bw = hw.memory_bandwidth_bytes_per_s
+        bw, dtype = hw.memory_bandwidth_bytes_per_s, self.dtype_for(hw)
         ideal = np.maximum(flops / peak, data / bw)
         out = {f"linear:{name}": np.where(fmt == code, ideal, 0.0).sum(axis=1)
-               for code, name in ((DENSE, self.dense_dtype), *KERNEL_FORMATS.items())}
+               for code, name in ((DENSE, dtype), *KERNEL_FORMATS.items())}
         out["act_quant"] = (fake / bw).sum(axis=1)
         groups = fmt.shape[2]
         for part, (part_flops, part_bytes, _) in self._other_terms(a, hw).items():
-            dense_peak = hw.peak(self.dense_dtype)
+            dense_peak = hw.peak(dtype)
             out[part] = np.repeat(np.maximum(part_flops / dense_peak, part_bytes / bw), groups, 1)
         return out
 
     def step_times(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, np.ndarray]:
         """Seconds per step for each plan and timestep group, split into parts ((P, G) each)."""
         fmt, flops, data, peak, fake = self._linear_terms(a, hw)
-        bw, launch = hw.memory_bandwidth_bytes_per_s, hw.launch_overhead_s
+        bw, launch, dtype = hw.memory_bandwidth_bytes_per_s, hw.launch_overhead_s, self.dtype_for(hw)
         unique, where = np.unique(a.tokens, return_inverse=True)
         eta_c = hw.compute_efficiency.many(unique)[where][:, None, None]
         eta_m = hw.memory_efficiency.many(unique)[where][:, None, None]
         linear = np.maximum(flops / (eta_c * peak), data / (eta_m * bw)) + launch
         ideal = np.maximum(flops / peak, data / bw)
-        for code, name in ((DENSE, self.dense_dtype), *KERNEL_FORMATS.items()):
+        for code, name in ((DENSE, dtype), *KERNEL_FORMATS.items()):
             curve = hw.part_efficiency(name)
             if curve is None and code == SIMULATED:
-                curve = hw.part_efficiency(self.dense_dtype)  # dequantized weights multiply densely
+                curve = hw.part_efficiency(dtype)  # dequantized weights multiply densely
             if curve is not None:
                 eta = curve.many(unique)[where][:, None, None]
                 linear = np.where(fmt == code, ideal / eta + launch, linear)
@@ -302,7 +349,7 @@ class AnalyticCostModel(BaseCostModel):
         act_quant = np.where(fake > 0, fake / (act_eta * bw) + (0.0 if act_curve is not None else launch), 0.0)
         parts = {"linear": linear.sum(axis=1), "act_quant": act_quant.sum(axis=1)}
         groups = fmt.shape[2]
-        dense_peak = hw.peak(self.dense_dtype)
+        dense_peak = hw.peak(dtype)
         for part, (part_flops, part_bytes, launches) in self._other_terms(a, hw).items():
             curve = hw.part_efficiency(part)
             if curve is not None:
@@ -340,7 +387,7 @@ class AnalyticCostModel(BaseCostModel):
     def memory_bytes(self, a: PlanArrays, hw: HardwareSpec | None = None) -> dict[str, np.ndarray]:
         """Peak memory parts (P,) in bytes (``hw`` decides which kernels run, for the runtime layout)."""
         k, n = self._effective_shapes(a)
-        wb, layout, db = a.weight_bits, self.layout, self.dense_bytes
+        wb, layout, db = a.weight_bits, self.layout, DTYPE_BYTES[self.dtype_for(hw)]
         quantized = wb < 16
         groups_per_weight = k * n / a.group_size
         used = {bits: (wb == bits).any(axis=2) for bits in (2, 3, 4, 8)}
@@ -404,4 +451,10 @@ class AnalyticCostModel(BaseCostModel):
         """The same model cut to block 0 (what a profile measures per block)."""
         linears = [i for i in self.linears if i.block == 0]
         return AnalyticCostModel(replace(self.shape, num_layers=1), linears, self.prompt_length, self.batch_size,
-                                 self.dense_dtype, self.layout)
+                                 self.dense_dtype, self.layout, self.use_kernels)
+
+    def dtype_for(self, hw: HardwareSpec | None) -> str:
+        """The dense dtype priced on ``hw``: ``dense_dtype`` when given, else :func:`default_dense_dtype`."""
+        if self.dense_dtype is not None:
+            return self.dense_dtype
+        return default_dense_dtype(hw) if hw is not None else "bf16"

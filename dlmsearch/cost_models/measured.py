@@ -143,15 +143,17 @@ def reset_peak_rss() -> bool:
 
 
 class MeasuredCostModel(BaseCostModel):
-    """Cost by measurement: apply the Plan to a fresh model with real kernels and time ``generate``.
+    """Cost by measurement: apply the Plan to a fresh model and time ``generate``.
 
-    ``load`` returns a fresh, uncompressed adapter each call. Only meaningful for the device the
-    model runs on: ``cost`` refuses a hardware spec of another kind. Slow (it compresses and runs
-    the model): use it to check the analytic model, not inside a search.
+    ``load`` returns a fresh, uncompressed adapter each call. ``use_kernels`` goes to ``apply_plan_``:
+    None (the default) is what it does by default, the decision :class:`AnalyticCostModel` prices
+    too (real kernels on CUDA, dequantize-then-matmul on CPUs); True forces the real kernels. Only
+    meaningful for the device the model runs on: ``cost`` refuses a hardware spec of another kind.
+    Slow (it compresses and runs the model): use it to check the analytic model, not inside a search.
     """
 
     def __init__(self, load: Callable[[], DLMAdapter], prompt_length: int = 0, repeats: int = 3,
-                 use_kernels: bool = True) -> None:
+                 use_kernels: bool | None = None) -> None:
         self.load = load
         self.prompt_length = prompt_length
         self.repeats = repeats

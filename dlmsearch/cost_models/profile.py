@@ -19,7 +19,10 @@ norm, LM head) and the sampler's per-step ops. Method, as RESEARCH.md asks:
 Calibration: for each format or part, ``eta_f(M) = ideal(M) / measured(M)`` where ``ideal`` is
 :meth:`AnalyticCostModel.ideal_part_times` (roofline at the profile's peak FLOP/s and bandwidth,
 no launch overhead) summed over the model's linears, so the analytic model given the profile
-reproduces the measured times at the measured M (and interpolates in log M between them). The
+reproduces the measured times at the measured M (and interpolates in log M between them).
+``simulated`` (a quantized layer without a kernel: the cached dequantized float32 weight and a
+dense matmul, what ``apply_plan_`` runs on CPUs by default) is calibrated as the float32 timings of
+the same shapes plus the quantized layer's measured per-call Python overhead. The
 result is a :class:`HardwareSpec` (``format_efficiency`` plus raw samples under ``profile``)
 that :func:`load_hardware` reads back. Profiles are cached under
 ``cache_dir()/profiles`` by device fingerprint, torch version, thread count, the model's shapes
@@ -58,7 +61,7 @@ from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 logger = logging.getLogger("dlmsearch.cost_models.profile")
 
 PROFILE_FORMAT = "dlmsearch.profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 QUICK_TOKEN_COUNTS: tuple[int, ...] = (1, 16, 64, 256)
 FULL_TOKEN_COUNTS: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512)
 ROTATION_CAP_BYTES = 512 * 2**20  # at most this much rotating weight memory per (format, shape)
@@ -239,6 +242,35 @@ def _launch_overhead(device: torch.device) -> float:
     return statistics.median(times)
 
 
+def _quantized_overhead(device: torch.device, calls: int = 300) -> float:
+    """Seconds a dequantize-then-matmul ``QuantizedLinear`` call takes beyond a plain ``nn.Linear`` call.
+
+    Both run the same ``F.linear`` on a tiny float weight inside a sampler step; the difference is the
+    quantized layer's Python work (timestep group, kernel choice, cached weight lookup). Interleaved
+    calls, median difference: robust where timing two big matmuls separately drifts apart.
+    """
+    from dlmsearch.compress.quantized_linear import QuantConfig, QuantizedLinear
+    from dlmsearch.models.sampler import DenoisingStep, denoising_step
+
+    plain = nn.Linear(32, 16, bias=False).to(device)
+    config = QuantConfig(weight_bits=(8, 4), act_bits=(16, 16), timestep_boundaries=(0.5,), group_size=16)
+    quantized = QuantizedLinear.from_linear(plain, config, use_kernels=False).to(device)
+    x = torch.randn(1, 32, device=device)
+    plain_s: list[float] = []
+    quantized_s: list[float] = []
+    with torch.inference_mode(), denoising_step(DenoisingStep(0, 2)):
+        for _ in range(20):
+            plain(x), quantized(x)
+        for _ in range(calls):
+            for module, times in ((plain, plain_s), (quantized, quantized_s)):
+                _sync(device)
+                start = time.perf_counter()
+                module(x)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+    return max(statistics.median(quantized_s) - statistics.median(plain_s), 0.0)
+
+
 # ---------------------------------------------------------------- what is timed
 
 
@@ -253,7 +285,8 @@ def _linear_module(k: int, n: int, fmt: str, group: int, device: torch.device, s
         return linear.to(device=device, dtype=torch.float32 if fmt == "fp32" else torch.bfloat16)
     bits, act_bits, per_channel = LINEAR_FORMATS[fmt]
     config = QuantConfig(weight_bits=(bits,), act_bits=(act_bits,), group_size=0 if per_channel else group)
-    return QuantizedLinear.from_linear(linear, config, use_kernels=True).to(device)
+    # ``simulated`` as apply_plan_ runs it where kernels are off: no kernel lookup, the cached dequantized weight
+    return QuantizedLinear.from_linear(linear, config, use_kernels=fmt != "simulated").to(device)
 
 
 def _rotating_copies(first: nn.Module, count: int, bytes_per_copy: int) -> list[nn.Module]:
@@ -414,6 +447,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     started = time.perf_counter()
     peaks, bandwidth = _peaks(device)
     launch = _launch_overhead(device)
+    quantized_overhead = _quantized_overhead(device)
     logger.info("peaks %s, bandwidth %.1f GB/s", {k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()},
                 bandwidth / 1e9)
 
@@ -450,7 +484,8 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
             items.append(_Item("sampling", (), 1, _sampling_call(shape.vocab_size, tokens, device)))
             bar.set_postfix(M=tokens)
             samples.extend(time_items(items, tokens, device, reps, min_seconds, max_rounds, bar))
-    spec = calibrate(shape, linears, samples, peaks, bandwidth, device, formats, probe.vocab, launch)
+    spec = calibrate(shape, linears, samples, peaks, bandwidth, device, formats, probe.vocab, launch,
+                     quantized_overhead)
     elapsed = time.perf_counter() - started
     info = dict(spec.profile)
     info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds)
@@ -460,11 +495,14 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
 
 def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequence[Sample], peaks: dict[str, float],
               bandwidth: float, device: torch.device, formats: Sequence[str], probe_vocab: int,
-              launch: float = 0.0) -> HardwareSpec:
+              launch: float = 0.0, quantized_overhead: float | None = None) -> HardwareSpec:
     """Turn measured samples into per-format ``eta_f(M)`` curves (see the module docstring).
 
     ``launch`` (seconds per framework call) is taken off every measured time first, once per call
     the analytic model counts, so ``ideal / eta + calls * launch`` reproduces each measurement.
+    With ``quantized_overhead`` (see :func:`_quantized_overhead`) the ``simulated`` format is the
+    float32 matmul of the same shapes plus that much per call -- what dequantize-then-matmul runs --
+    rather than its own, separately drifting, timings.
     """
     from dlmsearch.compress.kernels import kernel_available
 
@@ -474,9 +512,11 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     ideal_hw = HardwareSpec("ideal", kind, peaks, bandwidth, 2**40, kernels)
     by = {(s.part, s.key, s.tokens): s for s in samples}
     token_counts = sorted({s.tokens for s in samples})
-    dense = {fmt: AnalyticCostModel(shape, linears, dense_dtype=fmt) for fmt in ("fp32", "bf16")}
+    # calibrated against each kernel's own ideal time, whatever a target runs by default
+    dense = {fmt: AnalyticCostModel(shape, linears, dense_dtype=fmt, use_kernels=True) for fmt in ("fp32", "bf16")}
     probe_shape = replace(shape, vocab_size=probe_vocab)
-    block = AnalyticCostModel(probe_shape, [i for i in linears if i.block == 0], dense_dtype="fp32").for_one_block()
+    block = AnalyticCostModel(probe_shape, [i for i in linears if i.block == 0], dense_dtype="fp32",
+                              use_kernels=True).for_one_block()
     shapes = Counter((i.in_features, i.out_features) for i in linears)
     widths = Counter(i.in_features for i in linears)
     group = next((g for g in (64, 128, 32, 256) if all(k % g == 0 for k in widths)), 0)
@@ -484,6 +524,9 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     for tokens in token_counts:
         for fmt in formats:
             measured = [by.get((fmt, key, tokens)) for key in shapes]
+            as_fp32 = [by.get(("fp32", key, tokens)) for key in shapes]
+            if fmt == "simulated" and quantized_overhead is not None and all(s is not None for s in as_fp32):
+                measured = [replace(s, median_s=s.median_s + quantized_overhead) for s in as_fp32 if s is not None]
             if any(s is None for s in measured):
                 continue  # a shape the kernel cannot run: no curve from a partial sum
             total = sum(_net(s.median_s, launch, 0.1 * s.median_s) * s.count for s in measured if s is not None)
@@ -517,6 +560,7 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     info = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "device": fingerprint,
             "torch": torch.__version__, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "threads": torch.get_num_threads(), "model_shape": shape.fingerprint,
+            **({"quantized_overhead_us": round(quantized_overhead * 1e6, 3)} if quantized_overhead is not None else {}),
             "linear_shapes": [[k, n, c] for (k, n), c in sorted(shapes.items())], "token_counts": token_counts,
             "probe_vocab": probe_vocab, "sample_columns": ["part", "key", "count", "tokens", "median_ms", "spread",
                                                            "rounds"],

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
+import pytest
+import torch
+
+from dlmsearch.compress.apply import default_use_kernels
+from dlmsearch.cost_models import analytic
 from dlmsearch.cost_models.analytic import AnalyticCostModel, steps_per_group
 from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec
 from dlmsearch.models.adapters import LinearInfo, ModelShape
@@ -115,3 +120,28 @@ def test_int8_kernels_need_per_channel_weights() -> None:
     per_group = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=64))]), hw)
     per_channel = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=0))]), hw)
     assert (per_group == 4).all() and (per_channel == 1).all()  # simulated (dequantized) vs int8_dynamic
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_kernel_decision_is_apply_plans_default(kind: str) -> None:
+    hw = replace(_hardware(("int4_weight_only", "int8_weight_only", "int8_dynamic")), kind=kind)
+    device = torch.device(analytic.target_device_type(hw))
+    assert analytic.kernels_run(hw) == default_use_kernels(device) == (kind == "gpu")
+    assert analytic.kernels_run(hw, use_kernels=True) and not analytic.kernels_run(hw, use_kernels=False)
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    formats = model.formats(model.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
+    assert (formats == (analytic.INT4_WEIGHT_ONLY if kind == "gpu" else analytic.SIMULATED)).all()
+    forced = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
+    assert (forced.formats(forced.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
+            == analytic.INT4_WEIGHT_ONLY).all()
+
+
+def test_dense_dtype_follows_the_target_unless_given() -> None:
+    gpu, cpu = _hardware(), replace(_hardware(), kind="cpu")
+    model = AnalyticCostModel(SHAPE, LINEARS[:1])
+    assert model.dtype_for(gpu) == "bf16" and model.dtype_for(cpu) == "fp32"
+    arrays = model.encode([_plan()])
+    fp32 = model.ideal_part_times(arrays, replace(cpu, peak_flops={"fp32": 1e18, "bf16": 1e18}))
+    bf16 = model.ideal_part_times(arrays, replace(gpu, peak_flops={"fp32": 1e18, "bf16": 1e18}))
+    assert fp32["linear:fp32"][0, 0] == pytest.approx(2 * bf16["linear:bf16"][0, 0])  # memory-bound: 4 vs 2 bytes
+    assert AnalyticCostModel(SHAPE, LINEARS, dense_dtype="bf16").dtype_for(cpu) == "bf16"

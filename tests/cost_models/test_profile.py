@@ -18,6 +18,7 @@ from dlmsearch.cost_models import (
     AnalyticCostModel,
     HardwareSpecError,
     MeasuredCostModel,
+    analytic,
     load_hardware,
     measure_profile,
     resolve_hardware,
@@ -106,7 +107,7 @@ def _plan(layer: LayerPlan, names: list[str], steps: int = 4) -> Plan:
 def test_calibrated_model_divides_the_ideal_time_by_the_profile_curves(tiny_profile: HardwareSpec) -> None:
     adapter = build_random_model("llama", **TINY)
     names = [i.name for i in adapter.linears()]
-    model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, dense_dtype="fp32")
+    model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, dense_dtype="fp32", use_kernels=True)
     dense, int4 = _plan(LayerPlan(group_size=0), names), _plan(LayerPlan((4,), (16,), group_size=32), names)
     arrays = model.encode([dense, int4])
     ideal = model.ideal_part_times(arrays, tiny_profile)
@@ -134,7 +135,7 @@ def test_generate_is_timed_and_runtime_memory_matches_held_tensors(tiny_profile:
     assert timing.median_ms > 0 and len(timing.times_ms) == 2 and timing.tokens == 16
     held = tensor_bytes(adapter.model)
     model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, dense_dtype="fp32",
-                              layout="runtime")
+                              layout="runtime", use_kernels=True)
     predicted = model.cost(plan, tiny_profile).breakdown["weights_bytes"]
     assert predicted == pytest.approx(held, rel=0.02)  # norms are the only tensors the model leaves out
 
@@ -156,3 +157,21 @@ def test_cli_profile_writes_a_loadable_spec(tiny_profile: HardwareSpec, tmp_path
     assert main(["profile", "--out", str(out), "--quick"]) == 0
     assert load_hardware(out) == tiny_profile
     assert "fp32" in capsys.readouterr().out
+
+
+def test_default_cpu_pricing_is_what_apply_plan_runs_by_default(tiny_profile: HardwareSpec) -> None:
+    """On a CPU, apply_plan_'s default simulates every quantized layer; the cost model prices the same."""
+    adapter = build_random_model("llama", **TINY)
+    plan = uniform_plan(adapter, weight_bits=4, group_size=32, steps=2, gen_length=8)
+    model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8)
+    kernels = replace(tiny_profile, kernels=("int4_weight_only", "int8_weight_only", "int8_dynamic"))
+    for use_kernels in (None, True):
+        fresh = build_random_model("llama", **TINY)
+        apply_plan_(fresh, plan, use_kernels=use_kernels)
+        ran = {m.summary["kernels"][0] for m in fresh.model.modules() if hasattr(m, "summary")}
+        priced = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=8, use_kernels=use_kernels)
+        formats = {analytic.KERNEL_FORMATS[int(code)] for code in priced.formats(priced.encode([plan]), kernels).flat}
+        assert ran == ({"simulated (dequantize+matmul)"} if use_kernels is None else {"int4_weight_only"})
+        assert formats == ({"simulated"} if use_kernels is None else {"int4_weight_only"})
+    calibrated = model.cost(plan, kernels).breakdown
+    assert calibrated["linear_ms"] > 0 and model.dtype_for(kernels) == "fp32"
