@@ -196,7 +196,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     spec = load_study_spec(_study_path(args.spec))
     out = args.out or Path("runs") / f"{spec.study}-worker"
-    summary = run_study(spec, out, storage=args.storage, n_trials=args.n_trials, write_outputs=False)
+    summary = run_study(spec, out, storage=args.storage, n_trials=args.n_trials, write_outputs=False,
+                        shared=True)
     print(f"worker done: study {spec.study} holds {len(summary.study.trials)} trials")
     return 0
 

@@ -7,10 +7,11 @@ score could still enter the feasible front is scored again at full fidelity (``f
 Each trial stores its Plan JSON, the fidelity, the latency's provenance and the environment as
 user attributes (JSON only: nothing is ever unpickled from a storage).
 
-``n_trials`` is the study's total budget: a second ``run`` of the same spec and folder resumes
-the study and runs only the trials still missing. A fresh study first runs its warm starts: the
-dense model, uniform presets (W8 and W4 weight-only, fewer steps) and the solutions of the
-sensitivity-table integer program (:mod:`dlmsearch.search.baselines`).
+``n_trials`` is the study's total budget (COMPLETE trials, exact with any number of workers:
+:mod:`dlmsearch.search.workers`): a second ``run`` of the same spec and folder resumes the study and
+runs only the trials still missing; the trials of a killed worker become FAIL and run again. A
+fresh study first runs its warm starts: the dense model, uniform presets (W8 and W4 weight-only,
+fewer steps) and the solutions of the sensitivity-table integer program (:mod:`dlmsearch.search.baselines`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from tqdm import tqdm
 
 from dlmsearch.evaluators import QualityResult, SensitivityTable, sensitivity_table
 from dlmsearch.plan import Plan
+from dlmsearch.search import workers
 from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solve_integer_program
 from dlmsearch.search.context import StudyContext, build_context
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
 from dlmsearch.search.samplers import make_sampler
 from dlmsearch.search.spec import StudySpec
-from dlmsearch.search.storage import default_journal, open_storage
+from dlmsearch.search.storage import check_workers, default_journal, open_storage
 
 logger = logging.getLogger("dlmsearch.search.runner")
 
@@ -271,11 +273,13 @@ def integer_program_solutions(context: StudyContext, budgets: int = 3
 
 
 def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = None, n_trials: int | None = None,
-              progress: bool = True, context: StudyContext | None = None, write_outputs: bool = True) -> RunSummary:
+              progress: bool = True, context: StudyContext | None = None, write_outputs: bool = True,
+              shared: bool = False) -> RunSummary:
     """Run (or resume) the search of ``spec`` with ``run_dir`` as its handle; returns the summary.
 
     ``n_trials`` overrides the spec's total budget. ``context`` reuses an already built model and
-    evaluator (tests, benchmarks). The folder receives the resolved spec, the journal (unless
+    evaluator (tests, benchmarks). ``shared``: other processes work on the same study (``dlmsearch
+    worker``), which SQLite cannot take. The folder receives the resolved spec, the journal (unless
     another storage is given), ``pareto.json`` and ``report.html``.
     """
     out = Path(run_dir)
@@ -283,17 +287,20 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     (out / "spec.yaml").write_text(spec.to_yaml())
     storage_url = storage or spec.storage or str(default_journal(out))
     (out / "storage.txt").write_text(storage_url + "\n")
+    check_workers(storage_url, shared=shared)  # a refused storage fails before the model loads
     context = context or build_context(spec)
     sampler = make_sampler(spec.sampler, spec.seed, n_trials or spec.n_trials)
-    study = create_or_load_study(spec, open_storage(storage_url), sampler)
+    study = create_or_load_study(spec, open_storage(storage_url, shared=shared), sampler)
     if REFERENCE_ATTR not in study.user_attrs:  # fixed at creation: a resumed study keeps its yardsticks
         study.set_user_attr(REFERENCE_ATTR, context.reference_point())
         study.set_user_attr(LIMITS_ATTR, spec.budget.limits(context.dense_cost()))
     limits = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items()}
     total = n_trials or spec.n_trials
-    if spec.warm_start and not study.get_trials(deepcopy=False):
-        count = enqueue_warm_starts(study, context, limit=max(2, (total or 50) // 4))
-        logger.info("enqueued %d warm-start Plans", count)
+    if spec.warm_start:  # one worker only, once per study
+        limit = max(2, (total or 50) // 4)
+        count = workers.claim_warm_start(study, lambda: enqueue_warm_starts(study, context, limit=limit))
+        if count is not None:
+            logger.info("enqueued %d warm-start Plans", count)
     optimize(study, TrialObjective(context, study, limits), total, spec.timeout_s, spec.trial_timeout_s, progress,
              reference(study, spec.objectives))
     summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),
@@ -316,48 +323,79 @@ def reference(study: optuna.Study, objectives: Sequence[str]) -> list[float]:
 def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float]], n_trials: int | None,
              timeout_s: float | None, trial_timeout_s: float | None, progress: bool,
              hv_reference: Sequence[float]) -> None:
-    """Ask / tell until the study holds ``n_trials`` COMPLETE (or running) trials or time runs out.
+    """Ask / tell until the study holds ``n_trials`` COMPLETE trials or time runs out.
 
-    A trial that raises ends FAIL with its error in the log and the study goes on; after
-    :data:`MAX_CONSECUTIVE_FAILURES` failures in a row the run stops with the last error.
+    The budget is study-wide and exact with several workers, and the trials of dead workers are
+    failed and retried (:mod:`dlmsearch.search.workers`). A trial that raises ends FAIL with its
+    error in the log and the study goes on; after :data:`MAX_CONSECUTIVE_FAILURES` failures in a
+    row the run stops with the last error.
     """
     start = time.monotonic()
-    done_states = (TrialState.COMPLETE, TrialState.RUNNING)
-    done = len(study.get_trials(deepcopy=False, states=done_states))
-    bar = tqdm(total=n_trials, initial=min(done, n_trials or done), desc=f"study {study.study_name}", unit="trial",
-               disable=not progress or None)
+    complete, running = workers.counts(study)
+    bar = tqdm(total=n_trials, initial=min(complete, n_trials or complete), desc=f"study {study.study_name}",
+               unit="trial", disable=not progress or None)
     failures = 0
+    waiting_logged = False
     distributions = objective.context.space.distributions() if isinstance(objective, TrialObjective) else None
     try:
         while True:
-            done = len(study.get_trials(deepcopy=False, states=done_states))
-            if n_trials is not None and done >= n_trials:
+            workers.fail_stale_trials(study)
+            complete, running = workers.counts(study)
+            bar.n = min(complete, n_trials or complete)
+            if n_trials is not None and complete >= n_trials:
                 break
             if timeout_s is not None and time.monotonic() - start >= timeout_s:
                 break
-            trial = study.ask(distributions)
+            if n_trials is not None and complete + running >= n_trials:
+                if not workers.has_heartbeat(study):
+                    break  # nothing would ever fail a dead process's trial: leave, as a resume will
+                if not waiting_logged:
+                    logger.info("budget taken: waiting for %d running trials of other workers", running)
+                    waiting_logged = True
+                time.sleep(min(workers.heartbeat_interval(study), 5.0))
+                continue
+            with warnings.catch_warnings():  # the heartbeat is recorded below (workers.heartbeat)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask(distributions)
+            if n_trials is not None and workers.is_surplus(study, trial, n_trials):
+                workers.skip(study, trial, n_trials)
+                time.sleep(0.05)
+                continue
+            workers.admit(study, trial)
             try:
-                with terminate_as_interrupt(), time_limit(trial_timeout_s):
+                with terminate_as_interrupt(), time_limit(trial_timeout_s), workers.heartbeat(study, trial):
                     values = objective(trial)
             except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
-                trial.set_user_attr("error", f"interrupted: {type(exc).__name__} {exc}")
-                study.tell(trial, state=TrialState.FAIL)
+                tell_failed(study, trial, f"interrupted: {type(exc).__name__} {exc}")
                 raise RunInterrupted(f"trial {trial.number} marked FAIL after {type(exc).__name__} {exc}; "
                                      "run the same command again to resume") from exc
             except Exception as exc:  # a trial's failure must not end the study
                 failures += 1
                 logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-                study.tell(trial, state=TrialState.FAIL)
+                tell_failed(study, trial, f"{type(exc).__name__}: {exc}")
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(f"{failures} trials failed in a row; the last: {type(exc).__name__}: "
                                        f"{exc}") from exc
                 continue
             failures = 0
-            frozen = study.tell(trial, values)
+            try:
+                frozen = study.tell(trial, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                logger.warning("trial %d was marked FAIL as stale by another worker (no heartbeat for the grace "
+                               "period) and retried; its result is dropped", trial.number)
+                continue
             bar.update(1)
             trials = study.get_trials(deepcopy=False)
             bar.set_postfix(front=len(feasible_front(trials)), hv=f"{front_hypervolume(trials, hv_reference):.4f}",
                             feasible=is_feasible(frozen))
     finally:
         bar.close()
+
+
+def tell_failed(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
+    """Tell ``trial`` FAIL with ``error`` (unless another worker already failed it as stale)."""
+    try:
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
