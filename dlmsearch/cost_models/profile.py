@@ -242,6 +242,24 @@ def _launch_overhead(device: torch.device) -> float:
     return statistics.median(times)
 
 
+def _busy_warning(device: torch.device) -> float | None:
+    """The 1-minute load average; warns when other processes leave fewer free cores than torch threads.
+
+    A profile is a snapshot of the machine's load: measured beside other busy processes every part
+    comes out slower (with several torch threads, much slower: OpenMP waits for descheduled peers),
+    and every prediction made from it with it.
+    """
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if load > cores - threads + 0.5:
+        logger.warning("load average %.1f on %d cores with %d torch threads: the profile will measure a busy "
+                       "machine (predictions too slow for a quiet one); measure when it is idle, or with fewer "
+                       "threads (dlmsearch profile --threads 1)", load, cores, threads)
+    return load
+
+
 def _quantized_overhead(device: torch.device, calls: int = 300) -> float:
     """Seconds a dequantize-then-matmul ``QuantizedLinear`` call takes beyond a plain ``nn.Linear`` call.
 
@@ -445,6 +463,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     shapes = Counter((i.in_features, i.out_features) for i in linears)
     widths = Counter(i.in_features for i in linears)
     started = time.perf_counter()
+    load = _busy_warning(device)
     peaks, bandwidth = _peaks(device)
     launch = _launch_overhead(device)
     quantized_overhead = _quantized_overhead(device)
@@ -488,7 +507,8 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
                      quantized_overhead)
     elapsed = time.perf_counter() - started
     info = dict(spec.profile)
-    info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds)
+    info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds,
+                **({"load_average_1min": round(load, 2)} if load is not None else {}))
     logger.info("profile measured in %.1f s", elapsed)
     return replace(spec, profile=info)
 
