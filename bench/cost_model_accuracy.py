@@ -175,7 +175,6 @@ def named_plans(w: Workload) -> list[tuple[str, Plan]]:
 
 
 USE_KERNELS: bool | None = None  # apply_plan_'s default (simulated on CPUs); --use-kernels sets True
-CLOCK = time.perf_counter  # --cpu-time: time.thread_time (one thread only)
 
 
 def all_plans(w: Workload, count: int) -> tuple[list[Plan], list[str]]:
@@ -207,11 +206,11 @@ def time_plans(w: Workload, plans: Sequence[Plan], rounds: int) -> tuple[list[fl
             runs[i]()  # warm-up: packs kernel operands, fills dequantized caches
         dense_steps = plans[0].sampler.steps
         for r in range(rounds):
-            dense_s = time_call(w.adapter, dense_run, CLOCK) / dense_steps  # per step: Plans differ in steps
+            dense_s = time_call(w.adapter, dense_run) / dense_steps  # per step: Plans differ in steps
             dense_all.append(dense_s)
             order = random.Random(r).sample(chunk, len(chunk))  # a new order each round: load drifts
             for i in order:
-                seconds = time_call(models[i], runs[i], CLOCK)
+                seconds = time_call(models[i], runs[i])
                 raw[i].append(seconds * 1e3)
                 relative[i].append(seconds / dense_s)
         for i in chunk:
@@ -358,17 +357,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--use-kernels", action="store_true",
                         help="apply Plans with real low-bit kernels (default: apply_plan_'s default, which simulates "
                              "on CPUs) and price them so")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="time generate by the thread's CPU time, not wall time (one thread only): what a "
-                             "call would take with the core to itself on a machine others are loading")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "INDEX", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global USE_KERNELS, CLOCK
+    global USE_KERNELS
     USE_KERNELS = True if args.use_kernels else None
-    if args.cpu_time:
-        if args.threads != 1:
-            parser.error("--cpu-time needs --threads 1 (it counts the calling thread only)")
-        CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 3, 4)

@@ -254,9 +254,10 @@ def _busy_warning(device: torch.device) -> float | None:
     load = os.getloadavg()[0]
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
     if load > cores - threads + 0.5:
-        logger.warning("load average %.1f on %d cores with %d torch threads: the profile will measure a busy "
-                       "machine (predictions too slow for a quiet one); measure when it is idle, or with fewer "
-                       "threads (dlmsearch profile --threads 1)", load, cores, threads)
+        hint = "" if threads == 1 else ", or with fewer threads (dlmsearch profile --threads 1)"
+        logger.warning("load average %.1f on %d cores with %d torch thread(s): the profile will measure a busy "
+                       "machine (predictions too slow for a quiet one); measure when it is idle%s", load, cores,
+                       threads, hint)
     return load
 
 
