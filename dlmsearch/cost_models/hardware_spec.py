@@ -152,22 +152,23 @@ def _curve(data: Any, path: str, problems: list[str], capped: bool = True) -> Ef
     return EfficiencyCurve(tuple((float(m), float(e)) for m, e in data))
 
 
-def _numbers(data: dict[str, Any]) -> dict[str, Any]:
+def yaml_number(value: Any) -> Any:
     """YAML 1.1 reads ``19.5e12`` (no sign in the exponent) as a string: accept such numbers."""
-    def convert(value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value
-        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
+
+def _numbers(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     if isinstance(out.get("peak_flops"), dict):
-        out["peak_flops"] = {k: convert(v) for k, v in out["peak_flops"].items()}
+        out["peak_flops"] = {k: yaml_number(v) for k, v in out["peak_flops"].items()}
     for key in ("memory_bandwidth_bytes_per_s", "memory_bytes", "launch_overhead_s"):
         if key in out:
-            out[key] = convert(out[key])
+            out[key] = yaml_number(out[key])
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from dlmsearch.cost_models.hardware_spec import yaml_number
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
 from dlmsearch.models.sampler import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
@@ -192,7 +193,7 @@ class _Checker:
         return value
 
     def number(self, path: str, value: Any, low: float = 0.0, low_open: bool = True) -> float | None:
-        value = _number(value)
+        value = yaml_number(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value < low or (low_open and value == low):
             self.bad(path, value, f"a finite number {'>' if low_open else '>='} {low:g}")
@@ -223,16 +224,6 @@ class _Checker:
             self.bad(path, value, "a non-empty string")
             return None
         return value
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``2e9`` (no sign, no dot) as a string; accept such numbers."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 _TOP_KEYS = ("study", "model", "trust_remote_code", "hardware", "budget", "objectives", "space", "generation",
@@ -388,7 +379,7 @@ def _sparsity(c: _Checker, data: Any) -> SparsityRange | None:
     values = {}
     for key in ("min", "max", "step"):
         if key in raw:
-            number = _number(raw[key])
+            number = yaml_number(raw[key])
             ok = isinstance(number, (int, float)) and not isinstance(number, bool) and 0 <= number < 1
             if not ok or (key == "step" and number == 0):
                 c.bad(f"space.sparsity.{key}", raw[key], "a fraction in [0, 1)" + (", > 0" if key == "step" else ""))
