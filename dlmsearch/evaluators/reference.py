@@ -47,7 +47,7 @@ def cached_tensors(kind: str, key: str, compute: Any) -> dict[str, torch.Tensor]
         return load_file(str(path))
     tensors: dict[str, torch.Tensor] = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # one per process: workers may race on a key
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
     partial.replace(path)  # atomic: a killed run never leaves a truncated cache entry
     return tensors

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -89,5 +90,7 @@ def sensitivity_table(evaluator: ProxyEvaluator, bits: Sequence[int] = DEFAULT_B
             plan = _plan(evaluator, dict.fromkeys(all_names, layer), boundaries)
             table.timesteps[f"t{index}"][f"w{b}"] = evaluator.masked_kl_of(plan)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table.to_json())
+    partial = path.with_suffix(f".{os.getpid()}.partial")  # atomic and race-free across workers
+    partial.write_text(table.to_json())
+    partial.replace(path)
     return table

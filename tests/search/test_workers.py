@@ -26,22 +26,10 @@ from dlmsearch.search.context import build_context
 from dlmsearch.search.spec import spec_from_dict
 from dlmsearch.search.storage import StorageError, open_storage
 from dlmsearch.search.workers import WARM_START_ATTR
+from tests.search.test_cli_search import SPEC
 
-#: The CLI test's tiny spec on the embedded model.
-WORKER_SPEC: dict[str, Any] = {
-    "study": "workers",
-    "hardware": "x86-avx512-laptop",
-    "budget": {"latency_fraction": 0.8},
-    "objectives": ["quality", "latency_ms"],
-    "space": {"weight_bits": [4, 8, 16], "sparsity": {"min": 0.0, "max": 0.2, "step": 0.2}, "steps": [8, 16],
-              "block_lengths": [16], "layer_grouping": "contiguous", "layer_groups": 2},
-    "generation": {"gen_length": 16, "prompt_length": 16},
-    "evaluator": {"fidelity": "multi", "settings": {"windows": 2, "low_fidelity_windows": 1, "trajectory_prompts": 1,
-                                                    "calibration_sequences": 2, "repeats": 2}},
-    "sampler": "tpe",
-    "n_trials": 6,
-    "warm_start": True,
-}
+#: The CLI test's tiny spec on the embedded model, with warm starts and a 6-trial budget.
+WORKER_SPEC: dict[str, Any] = {**SPEC, "study": "workers", "n_trials": 6, "warm_start": True}
 #: Short heartbeats for the tests (the defaults are 30 s and 120 s).
 FAST_HEARTBEAT = {"DLMSEARCH_HEARTBEAT_S": "0.5", "DLMSEARCH_GRACE_S": "3", "DLMSEARCH_LOCK_GRACE_S": "2"}
 
