@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         total = time.perf_counter() - start
         done = sorted(summary.study.get_trials(), key=lambda t: t.number)
     # per-trial wall time from the storage's timestamps, minus the timed calls inside each trial
-    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_complete]
+    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
+             if t.datetime_complete and t.datetime_start]
     proxy_s = sum(evaluate.seconds) / len(done)
     cost_s = sum(cost.seconds) / len(done)
     overhead = (total - sum(evaluate.seconds) - sum(cost.seconds)) / len(done)
