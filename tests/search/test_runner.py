@@ -126,3 +126,26 @@ def test_outputs_and_export(make_context: Make, tmp_path: Path) -> None:
     assert trial.number in {t.number for t in summary.front}
     assert load_plan(path) == plan_of(trial)
     load_plan(path).validate_for(context.adapter)
+
+
+def test_a_hanging_trial_is_stopped_by_the_time_limit(make_context: Make, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    context = make_context(n_trials=3, warm_start=False, evaluator={"fidelity": "low"}, trial_timeout_s=2)
+    real = context.evaluator.evaluate
+    calls = {"n": 0}
+
+    def hangs_once(plan: Any, fidelity: str = "full") -> QualityResult:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(60)
+        return real(plan, fidelity)
+
+    monkeypatch.setattr(context.evaluator, "evaluate", hangs_once)
+    start = time.monotonic()
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    assert time.monotonic() - start < 45
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert trials[0].state == TrialState.FAIL and "trial_timeout_s=2" in trials[0].user_attrs["error"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
