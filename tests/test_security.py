@@ -64,3 +64,42 @@ def test_no_unsafe_deserialisation_in_the_package() -> None:
             if name in ("pickle.load", "pickle.loads", "dill.load", "joblib.load", "cloudpickle.load"):
                 offenders.append(f"{path}:{call.lineno} {name}")
     assert not offenders, offenders
+
+
+def _header_file(path: Path, header: dict[str, object], payload: bytes) -> None:
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + payload)
+
+
+@pytest.mark.parametrize("case", ["length_beyond_file", "overlapping_offsets", "shape_dtype_mismatch", "huge_header"])
+def test_hostile_safetensors_headers_are_rejected_quickly(tmp_path: Path, case: str) -> None:
+    import resource
+    import struct
+    import time
+
+    from dlmsearch.compress.persist import WEIGHTS_FILE
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    embedded = PACKAGE / "models" / "embedded" / "shakespeare-char"
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((embedded / name).read_bytes())
+    weights = folder / WEIGHTS_FILE
+    if case == "length_beyond_file":
+        _header_file(weights, {"a": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}, b"\0" * 16)
+    elif case == "overlapping_offsets":
+        _header_file(weights, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                               "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24)
+    elif case == "shape_dtype_mismatch":
+        _header_file(weights, {"a": {"dtype": "F32", "shape": [100], "data_offsets": [0, 16]}}, b"\0" * 16)
+    else:
+        weights.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(Exception, match="deserializing header"):  # safetensors refuses before reading data
+        load_model(folder)
+    assert time.monotonic() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: no huge allocation
