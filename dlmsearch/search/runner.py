@@ -301,6 +301,8 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
         count = workers.claim_warm_start(study, lambda: enqueue_warm_starts(study, context, limit=limit))
         if count is not None:
             logger.info("enqueued %d warm-start Plans", count)
+        else:
+            workers.wait_for_warm_start(study)
     optimize(study, TrialObjective(context, study, limits), total, spec.timeout_s, spec.trial_timeout_s, progress,
              reference(study, spec.objectives))
     summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),

@@ -23,14 +23,18 @@ through the storage; every rule below holds on the journal file and on PostgreSQ
 - **One warm start.** The warm-start Plans are enqueued by one worker only: the one that creates
   the claim study ``STUDY.warm-start-claim`` (study names are unique in every storage, so the
   creation is atomic); it enqueues, records ``dlmsearch.warm_start`` on the study and deletes the
-  claim. The others go on asking meanwhile. (A worker killed while it holds the claim leaves the
-  claim study behind and the study without its warm starts; the search itself goes on.)
+  claim. The others wait until the warm starts are enqueued (so that they run first and none is left
+  WAITING once the budget is reached), at most ``DLMSEARCH_WARM_START_WAIT_S`` seconds (default
+  900). (A worker killed while it holds the claim leaves the claim study behind and the study
+  without its warm starts; the others go on after the wait.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,6 +132,24 @@ def skip(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> FrozenTrial
     """Tell a surplus trial FAIL with the user attribute ``skipped`` (it was never evaluated)."""
     trial.set_user_attr("skipped", f"the study-wide budget of {n_trials} trials was already taken by other workers")
     return study.tell(trial, state=TrialState.FAIL)
+
+
+def wait_for_warm_start(study: optuna.Study, timeout_s: float | None = None) -> bool:
+    """Wait until the claiming worker has enqueued the warm starts; False after ``timeout_s``."""
+    limit = timeout_s if timeout_s is not None else float(os.environ.get("DLMSEARCH_WARM_START_WAIT_S", "900"))
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        state = study._storage.get_study_system_attrs(study._study_id).get(WARM_START_ATTR)
+        if isinstance(state, int):
+            return True
+        try:
+            study._storage.get_study_id_from_name(study.study_name + CLAIM_SUFFIX)
+        except KeyError:
+            if state is None:
+                return True  # nobody holds the claim and nobody is enqueueing: nothing to wait for
+        time.sleep(0.2)
+    logger.warning("the warm starts were not enqueued within %.0f s (a dead worker's claim?); going on", limit)
+    return False
 
 
 def claim_warm_start(study: optuna.Study, enqueue: Callable[[], int]) -> int | None:
