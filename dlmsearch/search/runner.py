@@ -387,6 +387,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
                                "period) and retried; its result is dropped", trial.number)
                 continue
             bar.update(1)
+            if bar.disable:  # no bar to show: skip re-reading the study and its front on every trial
+                continue
             trials = study.get_trials(deepcopy=False)
             bar.set_postfix(front=len(feasible_front(trials)), hv=f"{front_hypervolume(trials, hv_reference):.4f}",
                             feasible=is_feasible(frozen))
