@@ -49,6 +49,6 @@ class MemoEvaluator(BaseEvaluator):
 
 def bench_context(spec: StudySpec) -> StudyContext:
     """The study context with a memoizing evaluator."""
-    context = build_context(spec)
+    context = build_context(spec, isolation="none")  # the memo needs the evaluator in this process
     context.evaluator = MemoEvaluator(context.evaluator)  # type: ignore[assignment]
     return context

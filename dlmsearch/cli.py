@@ -91,11 +91,18 @@ def cmd_plan_init(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check a Plan JSON (with --model: against that model) or a hardware YAML; print every problem."""
+    """Check a Plan JSON (with --model: against that model), a study spec or a hardware / profile YAML;
+    print every problem."""
     from dlmsearch.plan import load_plan
 
     path = Path(args.file)
     if path.suffix in (".yaml", ".yml"):
+        if _is_study_spec(path):
+            from dlmsearch.search.spec import load_study_spec
+
+            study = load_study_spec(path)
+            print(f"{path}: valid study spec {study.study!r} ({study.model} on {study.hardware})")
+            return 0
         from dlmsearch.cost_models.hardware_spec import load_hardware
 
         spec = load_hardware(path)
@@ -105,9 +112,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.model:
         from dlmsearch.models.loading import load_model
 
-        plan.validate_for(load_model(args.model, trust_remote_code=args.trust_remote_code))
+        plan.validate_for(load_model(args.model, trust_remote_code=args.trust_remote_code), str(path))
     print(f"{path}: valid Plan ({len(plan.layers)} layers, {plan.num_timestep_groups} timestep group(s))")
     return 0
+
+
+def _is_study_spec(path: Path) -> bool:
+    """A YAML mapping with a ``study`` field (hardware specs have ``name`` instead)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the hardware loader reports what is wrong with the file
+    return isinstance(data, dict) and "study" in data
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -256,6 +274,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal_repair(args: argparse.Namespace) -> int:
+    """Keep a damaged journal's records before its first damaged line (stop its workers first)."""
+    from dlmsearch.search.journal_check import repair_journal
+
+    repair = repair_journal(args.journal)
+    if repair.backup is None:
+        print(f"{args.journal}: no damage found ({repair.kept_records} records); nothing changed")
+        return 0
+    print(f"kept {repair.kept_records} records, dropped {repair.dropped_lines} line(s) from the first damaged one on; "
+          f"the damaged file is saved as {repair.backup}")
+    print("resume with the same command as before: trials whose records were dropped run again")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan."""
     from dlmsearch.search import export_plan, load_study_spec, run_study
@@ -320,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", required=True, help="Plan JSON to write")
     init.set_defaults(func=cmd_plan_init)
 
-    val = sub.add_parser("validate", help="check a Plan (.json) or hardware spec (.yaml) and print every problem")
+    val = sub.add_parser("validate", help="check a Plan (.json), a study spec or a hardware / profile spec "
+                         "(.yaml) and print every problem")
     val.add_argument("file")
     val.add_argument("--model", default=None, help="also check the Plan against this model")
     val.add_argument("--trust-remote-code", action="store_true")
@@ -390,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--pick", help="e.g. 'min quality where latency_ms <= 400 and peak_mem_bytes <= 2e9'")
     export.add_argument("-o", "--output", required=True, help="Plan JSON to write")
     export.set_defaults(func=cmd_export)
+
+    journal = sub.add_parser("journal", help="journal files: repair a damaged one")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True)
+    repair = journal_sub.add_parser("repair", help="keep the records before the first damaged line (stop the "
+                                                   "study's workers first); the damaged file is saved beside it")
+    repair.add_argument("journal", help="journal file, or a run folder holding journal.log")
+    repair.set_defaults(func=cmd_journal_repair)
 
     demo = sub.add_parser("demo", help="the quickstart: search the embedded model for this CPU and export a Plan")
     demo.add_argument("--out", default="runs/quickstart", help="run folder")

@@ -189,11 +189,12 @@ class Plan:
                                         f"0 or a divisor of in_features={info.in_features}"))
         return issues
 
-    def validate_for(self, adapter: DLMAdapter) -> None:
-        """Raise :class:`PlanValidationError` if the Plan does not fit ``adapter``'s model."""
+    def validate_for(self, adapter: DLMAdapter, source: str | None = None) -> None:
+        """Raise :class:`PlanValidationError` if the Plan does not fit ``adapter``'s model
+        (``source``, e.g. the Plan's file, heads the message)."""
         issues = self.check_against(adapter)
         if issues:
-            raise PlanValidationError(issues, f"plan for {adapter.name or 'model'}")
+            raise PlanValidationError(issues, f"{source or 'plan'} for model {adapter.name or '?'}")
 
 
 def _check_block_unit(plan: Plan, name: str, layer: LayerPlan, block: int, roles: frozenset[str],

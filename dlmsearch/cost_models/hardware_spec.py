@@ -152,6 +152,15 @@ def _curve(data: Any, path: str, problems: list[str], capped: bool = True) -> Ef
     return EfficiencyCurve(tuple((float(m), float(e)) for m, e in data))
 
 
+def yaml_error_summary(exc: Exception) -> str:
+    """One line for a YAML parse error: what was expected and where (line and column, 1-based)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def yaml_number(value: Any) -> Any:
     """YAML 1.1 reads ``19.5e12`` (no sign in the exponent) as a string: accept such numbers."""
     if isinstance(value, str):
@@ -259,7 +268,7 @@ def load_hardware(name_or_path: str | Path) -> HardwareSpec:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HardwareSpecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise HardwareSpecError(f"{path}: not valid YAML ({yaml_error_summary(exc)})") from None
     return spec_from_dict(data, str(path))
 
 

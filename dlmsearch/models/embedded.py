@@ -14,6 +14,8 @@ from pathlib import Path
 from transformers import LlamaConfig
 
 EMBEDDED_MODEL_NAME = "shakespeare-char"
+#: Names ``load_model`` resolves to a shipped folder.
+EMBEDDED_MODELS: tuple[str, ...] = (EMBEDDED_MODEL_NAME,)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -30,12 +31,11 @@ from dlmsearch.models.adapters import (
     Qwen2Adapter,
     RemoteCodeAdapter,
 )
-from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
+from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS, embedded_model_dir
 from dlmsearch.models.tokenizer import TOKENIZER_FILE, CharTokenizer
 
 #: transformers ``model_type`` -> adapter for checkpoints that transformers models natively.
 NATIVE_ADAPTERS: dict[str, type[HFDecoderAdapter]] = {"llama": LlamaAdapter, "qwen2": Qwen2Adapter}
-EMBEDDED_MODELS: tuple[str, ...] = (EMBEDDED_MODEL_NAME,)
 
 
 class ModelLoadError(ValueError):
@@ -78,13 +78,17 @@ def _mask_token_id(config: Any, tokenizer: Any, default: int | None, folder: Pat
 
 
 def load_model(name_or_path: str | Path = EMBEDDED_MODEL_NAME, dtype: torch.dtype = torch.float32,
-               trust_remote_code: bool = False) -> DLMAdapter:
+               trust_remote_code: bool = False, meta: bool = False) -> DLMAdapter:
     """Load a DLM for inference and return its adapter.
 
     ``name_or_path`` is an embedded model name or a local folder. Folders whose config names a
     native architecture (llama, qwen2) load with transformers' own code; folders with their own
     modelling code need ``trust_remote_code=True`` and a known ``model_type``
     (see :data:`~dlmsearch.models.adapters.REMOTE_CODE_PATTERNS`).
+
+    ``meta=True`` builds the model on the meta device without reading its weights: the shapes,
+    module names and configuration are real, the tensors hold no data (what a search's
+    coordinating process needs; a compressed folder is loaded in full).
     """
     transformers_logging.disable_progress_bar()
     folder = resolve_model_dir(name_or_path)
@@ -97,7 +101,12 @@ def load_model(name_or_path: str | Path = EMBEDDED_MODEL_NAME, dtype: torch.dtyp
     tokenizer = load_tokenizer(folder)
     common = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
     if model_type in NATIVE_ADAPTERS and "auto_map" not in config:
-        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", **common)
+        if meta:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True),
+                                                         attn_implementation="sdpa", dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", **common)
         adapter_cls = NATIVE_ADAPTERS[model_type]
         mask_id = _mask_token_id(model.config, tokenizer, None, folder)
         return adapter_cls(model.eval(), mask_id, tokenizer, name=str(name_or_path))
@@ -107,7 +116,12 @@ def load_model(name_or_path: str | Path = EMBEDDED_MODEL_NAME, dtype: torch.dtyp
                 f"{folder} brings its own modelling code (model_type={model_type!r}); "
                 "pass trust_remote_code=True (CLI: --trust-remote-code) to run it")
         patterns = REMOTE_CODE_PATTERNS[model_type]
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True, **common)
+        if meta:
+            with torch.device("meta"):
+                remote_config = AutoConfig.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
+                model = AutoModel.from_config(remote_config, trust_remote_code=True, dtype=dtype)
+        else:
+            model = AutoModel.from_pretrained(folder, trust_remote_code=True, **common)
         mask_id = _mask_token_id(model.config, tokenizer, patterns.default_mask_token_id, folder)
         return RemoteCodeAdapter(model.eval(), mask_id, patterns, tokenizer, name=str(name_or_path))
     allowed = sorted(NATIVE_ADAPTERS) + sorted(REMOTE_CODE_PATTERNS)

@@ -14,6 +14,7 @@ from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import ModelRef, Plan, SamplerSettings
+from dlmsearch.search.isolation import IsolatedEvaluator
 from dlmsearch.search.spec import StudySpec
 from dlmsearch.spaces import SearchSpace
 
@@ -29,7 +30,7 @@ class StudyContext:
     spec: StudySpec
     adapter: DLMAdapter
     space: SearchSpace
-    evaluator: ProxyEvaluator
+    evaluator: ProxyEvaluator | IsolatedEvaluator
     cost_model: AnalyticCostModel
     hardware: HardwareSpec
 
@@ -62,13 +63,9 @@ def _read_text_ids(adapter: DLMAdapter, files: tuple[str, ...]) -> torch.Tensor:
     return ids
 
 
-def build_context(spec: StudySpec) -> StudyContext:
-    """Load the model and build the space, the proxy evaluator, the cost model and the hardware."""
-    adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    linears = list(adapter.linears())
-    space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears,
-                        adapter.shape)
-    hardware = resolve_hardware(spec.hardware, adapter.shape, linears)
+def build_evaluator(spec: StudySpec, adapter: DLMAdapter | None = None) -> ProxyEvaluator:
+    """The spec's proxy evaluator on ``adapter`` (the spec's model, loaded here when omitted)."""
+    adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
     settings = ProxySettings(**dict(spec.evaluator.settings))
     text_ids = _read_text_ids(adapter, spec.evaluator.data_files) if spec.evaluator.data_files else None
     calibration = None
@@ -77,6 +74,26 @@ def build_context(spec: StudySpec) -> StudyContext:
         calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, settings.calibration_sequences,
                                               min(settings.window_length, adapter.shape.max_length), settings.seed)
     logger.info("building the proxy evaluator (the dense reference is cached on disk after the first run)")
-    evaluator = ProxyEvaluator(adapter, settings, text_ids=text_ids, calibration=calibration)
+    return ProxyEvaluator(adapter, settings, text_ids=text_ids, calibration=calibration)
+
+
+def build_context(spec: StudySpec, isolation: str | None = None) -> StudyContext:
+    """Build the space, the evaluator, the cost model and the hardware of ``spec``.
+
+    ``isolation`` (default: the spec's) ``"process"`` keeps only the model's skeleton here (meta
+    tensors: shapes, no weights) and scores Plans in a recycled child process
+    (:class:`~dlmsearch.search.isolation.IsolatedEvaluator`); ``"none"`` loads the model and scores here.
+    """
+    isolation = isolation or spec.isolation
+    adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code, meta=isolation == "process")
+    linears = list(adapter.linears())
+    space = SearchSpace(spec.space, spec.generation, ModelRef(adapter.name, adapter.shape.fingerprint), linears,
+                        adapter.shape)
+    hardware = resolve_hardware(spec.hardware, adapter.shape, linears)
+    evaluator: ProxyEvaluator | IsolatedEvaluator
+    if isolation == "process":
+        evaluator = IsolatedEvaluator(spec.to_dict(), spec.recycle_after, torch.get_num_threads())
+    else:
+        evaluator = build_evaluator(spec, adapter)
     cost_model = AnalyticCostModel(adapter.shape, linears, prompt_length=spec.generation.prompt_length)
     return StudyContext(spec, adapter, space, evaluator, cost_model, hardware)

@@ -41,6 +41,7 @@ from dlmsearch.plan import Plan
 from dlmsearch.search import workers
 from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solve_integer_program
 from dlmsearch.search.context import StudyContext, build_context
+from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
 from dlmsearch.search.samplers import make_sampler
 from dlmsearch.search.spec import StudySpec
@@ -251,10 +252,14 @@ def integer_program_solutions(context: StudyContext, budgets: int = 3
         result = context.cost_model.cost(plan, context.hardware)
         return result.latency_ms if cost_name == "latency_ms" else float(result.peak_mem_bytes)
 
+    bits = tuple(b for b in context.space.weight_bits if b < 16)
+    groups = max(2, spec.space.timestep_groups)
     try:
-        table = sensitivity_table(context.evaluator, bits=tuple(b for b in context.space.weight_bits if b < 16),
-                                  timestep_groups=max(2, spec.space.timestep_groups))
-    except ValueError as exc:
+        if isinstance(context.evaluator, IsolatedEvaluator):
+            table = context.evaluator.sensitivity_table(bits, groups)
+        else:
+            table = sensitivity_table(context.evaluator, bits=bits, timestep_groups=groups)
+    except (ValueError, EvaluatorProcessError) as exc:
         logger.warning("no integer-program warm start: %s", exc)
         return [], None
     solutions = []
@@ -288,7 +293,17 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     storage_url = storage or spec.storage or str(default_journal(out))
     (out / "storage.txt").write_text(storage_url + "\n")
     check_workers(storage_url, shared=shared)  # a refused storage fails before the model loads
+    own_context = context is None
     context = context or build_context(spec)
+    try:
+        return _run(spec, out, storage_url, n_trials, progress, context, write_outputs, shared)
+    finally:
+        if own_context and isinstance(context.evaluator, IsolatedEvaluator):
+            context.evaluator.close()
+
+
+def _run(spec: StudySpec, out: Path, storage_url: str, n_trials: int | None, progress: bool, context: StudyContext,
+         write_outputs: bool, shared: bool) -> RunSummary:
     sampler = make_sampler(spec.sampler, spec.seed, n_trials or spec.n_trials)
     study = create_or_load_study(spec, open_storage(storage_url, shared=shared), sampler)
     if REFERENCE_ATTR not in study.user_attrs:  # fixed at creation: a resumed study keeps its yardsticks

@@ -9,6 +9,8 @@ A minimal spec (every other field has a default)::
                                      # or relative to the dense model: latency_fraction, peak_mem_fraction
     objectives: [quality, latency_ms]
     n_trials: 40
+    isolation: process               # default: Plans are scored in a child process replaced every
+    recycle_after: 25                # 25 evaluations (memory stays flat); "none": in this process
 
 Loading reports every bad field at once (path, value, what is allowed) as one
 :class:`StudySpecError`; nothing is loaded or measured before the spec is valid.
@@ -24,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from dlmsearch.cost_models.hardware_spec import yaml_number
-from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
+from dlmsearch.cost_models.hardware_spec import list_hardware, yaml_error_summary, yaml_number
+from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from dlmsearch.models.sampler import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
 
@@ -34,6 +36,7 @@ SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
 LAYER_GROUPINGS: tuple[str, ...] = ("block_role", "block", "contiguous", "per_layer")
 TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
 FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
+ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
@@ -145,6 +148,8 @@ class StudySpec:
     seed: int = 0
     warm_start: bool = True
     quality_reference: float = 1.0  # proxy score at the hypervolume's reference point
+    isolation: str = "process"  # process: model work in a child process, replaced every recycle_after evaluations
+    recycle_after: int = 25
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the resolved spec a run folder keeps)."""
@@ -228,7 +233,7 @@ class _Checker:
 
 _TOP_KEYS = ("study", "model", "trust_remote_code", "hardware", "budget", "objectives", "space", "generation",
              "evaluator", "sampler", "n_trials", "timeout_s", "trial_timeout_s", "storage", "seed", "warm_start",
-             "quality_reference")
+             "quality_reference", "isolation", "recycle_after")
 
 
 def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
@@ -248,6 +253,10 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
     for key in ("model", "hardware", "storage"):
         if key in top and top[key] is not None and c.string(key, top[key]) is not None:
             values[key] = top[key]
+    if isinstance(values.get("model"), str):
+        _check_model(c, values["model"])
+    if isinstance(values.get("hardware"), str):
+        _check_hardware(c, values["hardware"])
     for key in ("trust_remote_code", "warm_start"):
         if key in top:
             if isinstance(top[key], bool):
@@ -264,9 +273,11 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
             values["objectives"] = objectives
     if "sampler" in top and c.choice("sampler", top["sampler"], SAMPLERS) is not None:
         values["sampler"] = top["sampler"]
-    for key in ("n_trials", "seed"):
+    if "isolation" in top and c.choice("isolation", top["isolation"], ISOLATIONS) is not None:
+        values["isolation"] = top["isolation"]
+    for key in ("n_trials", "seed", "recycle_after"):
         if key in top and top[key] is not None:
-            number = c.integer(key, top[key], 1 if key == "n_trials" else 0)
+            number = c.integer(key, top[key], 0 if key == "seed" else 1)
             if number is not None:
                 values[key] = number
     if "n_trials" in top and top["n_trials"] is None:
@@ -290,6 +301,21 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
     if c.problems:
         raise StudySpecError(c.problems, source)
     return StudySpec(**values)
+
+
+def _check_model(c: _Checker, model: str) -> None:
+    if model in EMBEDDED_MODELS:
+        return
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        c.bad("model", model, f"an embedded model ({', '.join(EMBEDDED_MODELS)}) or a local checkpoint folder with "
+              "config.json" + (f" ({folder} has none)" if folder.is_dir() else ""))
+
+
+def _check_hardware(c: _Checker, hardware: str) -> None:
+    if hardware != "local" and hardware not in list_hardware() and not Path(hardware).is_file():
+        c.bad("hardware", hardware, f"local (this machine, measured), a shipped spec ({', '.join(list_hardware())}) "
+              "or a hardware / profile YAML file")
 
 
 def _check_storage(c: _Checker, url: str) -> None:
@@ -449,5 +475,5 @@ def load_study_spec(path: str | Path) -> StudySpec:
     try:
         data = yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudySpecError([f"not valid YAML: {str(exc).splitlines()[0]}"], str(file)) from None
+        raise StudySpecError([f"not valid YAML: {yaml_error_summary(exc)}"], str(file)) from None
     return spec_from_dict(data, str(file))

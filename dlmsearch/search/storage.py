@@ -13,7 +13,8 @@ a dead worker (SIGKILL, lost machine): it becomes FAIL and its Plan is enqueued 
 in Optuna's heartbeat table; the journal file (Optuna has no heartbeat there) keeps it as the trial's
 system attribute ``dlmsearch.heartbeat`` (:class:`HeartbeatJournalStorage`). A journal lock file
 left by a worker killed during a write is removed after ``DLMSEARCH_LOCK_GRACE_S`` seconds
-(default 30), so a restarted worker waits, it never hangs.
+(default 30), so a restarted worker waits, it never hangs; the record such a worker was writing is
+dropped and a damaged journal is refused with its line (:mod:`dlmsearch.search.journal_check`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
+
+from dlmsearch.search.journal_check import check_journal
 
 JOURNAL_NAME = "journal.log"
 HEARTBEAT_INTERVAL_S = 30
@@ -175,6 +178,7 @@ def open_storage(url: str | Path, workers: int = 1, shared: bool = False) -> Bas
         # the open(O_EXCL) lock works on every file system the symlink lock works on, and on NFS
         lock = JournalFileOpenLock(str(path), grace_period=max(1, int(_setting("DLMSEARCH_LOCK_GRACE_S",
                                                                                LOCK_GRACE_S))))
+        check_journal(path, lock)
         return HeartbeatJournalStorage(JournalFileBackend(str(path), lock_obj=lock), interval, grace,
                                        RetryStaleTrial(retries))
     check_workers(text, workers, shared)
