@@ -199,7 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     spec = load_study_spec(_study_path(args.spec))
-    summary = run_study(spec, args.out or Path("runs") / spec.study, storage=args.storage, n_trials=args.n_trials)
+    _say_remote_code(spec)
+    summary = run_study(spec, args.out or Path("runs") / spec.study, storage=args.storage, n_trials=args.n_trials,
+                        force=args.force)
     print(f"study {spec.study}: {len(summary.study.trials)} trials, feasible front {len(summary.front)} Plans, "
           f"hypervolume {summary.hypervolume:.4f}")
     print(f"report: {summary.run_dir / 'report.html'}")
@@ -214,10 +216,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     spec = load_study_spec(_study_path(args.spec))
     out = args.out or Path("runs") / f"{spec.study}-worker"
+    _say_remote_code(spec)
     summary = run_study(spec, out, storage=args.storage, n_trials=args.n_trials, write_outputs=False,
-                        shared=True)
+                        shared=True, force=args.force)
     print(f"worker done: study {spec.study} holds {len(summary.study.trials)} trials")
     return 0
+
+
+def _say_remote_code(spec: Any) -> None:
+    if spec.trust_remote_code:
+        print(f"note: trust_remote_code is on (set in the spec): the modelling code in {spec.model} will run",
+              file=sys.stderr)
 
 
 def _study_path(name: str) -> Path:
@@ -313,6 +322,9 @@ def _add_study_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, default=None, help="the study's total trial budget (default: spec)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: all cores; use 1 per worker when workers share a machine)")
+    parser.add_argument("--force", action="store_true",
+                        help="resume a study whose spec or model changed (refused otherwise; the study then mixes "
+                             "two searches)")
 
 
 def _add_study_args(parser: argparse.ArgumentParser) -> None:
@@ -446,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     from dlmsearch.search.runner import RunInterrupted
 
+    if getattr(args, "trust_remote_code", False):
+        print("note: --trust-remote-code is on: a model folder's own Python code will run", file=sys.stderr)
     try:
         return func(args)
     except USER_ERRORS as exc:

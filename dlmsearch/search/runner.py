@@ -43,7 +43,7 @@ from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solv
 from dlmsearch.search.context import StudyContext, build_context
 from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
-from dlmsearch.search.samplers import make_sampler
+from dlmsearch.search.samplers import make_sampler, seed_for_trial
 from dlmsearch.search.spec import StudySpec
 from dlmsearch.search.storage import check_workers, default_journal, open_storage
 
@@ -53,6 +53,8 @@ SPEC_ATTR = "dlmsearch.spec"
 REFERENCE_ATTR = "dlmsearch.reference"
 LIMITS_ATTR = "dlmsearch.limits"
 SENSITIVITY_ATTR = "dlmsearch.sensitivity"
+MODEL_ATTR = "dlmsearch.model_fingerprint"
+ENVIRONMENT_ATTR = "dlmsearch.environment"
 #: A low-fidelity score this many times worse than a front member that costs no more is not rescored.
 LOW_FIDELITY_SLACK = 2.0
 MAX_CONSECUTIVE_FAILURES = 5
@@ -84,11 +86,15 @@ class RunSummary:
 
 def environment() -> dict[str, str]:
     """Where a trial ran (kept on every trial)."""
-    from dlmsearch import __version__
+    import transformers
 
+    from dlmsearch import __version__
+    from dlmsearch.cost_models.profile import device_fingerprint
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"host": socket.gethostname(), "pid": str(os.getpid()), "python": platform.python_version(),
-            "torch": torch.__version__, "optuna": optuna.__version__, "dlmsearch": __version__,
-            "threads": str(torch.get_num_threads())}
+            "torch": torch.__version__, "transformers": transformers.__version__, "optuna": optuna.__version__,
+            "dlmsearch": __version__, "threads": str(torch.get_num_threads()), "device": device_fingerprint(device)}
 
 
 # ---------------------------------------------------------------- one trial
@@ -201,23 +207,34 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
 
 def create_or_load_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
-                         sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create the study, or load it when it exists with the same identity fields (else refuse)."""
+                         sampler: optuna.samplers.BaseSampler | None = None, model_fingerprint: str | None = None,
+                         force: bool = False) -> optuna.Study:
+    """Create the study, or load it when it exists with the same identity fields and model
+    fingerprint (else refuse, unless ``force``: then warn and go on)."""
     study = optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
                                 directions=["minimize"] * len(spec.objectives), load_if_exists=True)
     stored = study.user_attrs.get(SPEC_ATTR)
     current = json.loads(json.dumps(spec.to_dict()))
     if stored is None:
         study.set_user_attr(SPEC_ATTR, current)
+        if model_fingerprint is not None:
+            study.set_user_attr(MODEL_ATTR, model_fingerprint)
+        study.set_user_attr(ENVIRONMENT_ATTR, environment())
         with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in practice
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(spec.objectives))
-    else:
-        changed = [key for key in IDENTITY_FIELDS if stored.get(key) != current.get(key)]
-        if changed:
-            raise StudyMismatchError(f"study {spec.study!r} already exists in this storage with different "
-                                     f"{', '.join(changed)}; allowed: the same spec to resume it, or a new study name "
-                                     "(field `study`) or run folder")
+        return study
+    changed = [key for key in IDENTITY_FIELDS if stored.get(key) != current.get(key)]
+    stored_model = study.user_attrs.get(MODEL_ATTR)
+    if model_fingerprint is not None and stored_model is not None and stored_model != model_fingerprint:
+        changed.append(f"model fingerprint ({stored_model} -> {model_fingerprint})")
+    if changed and force:
+        logger.warning("resuming study %r although its %s changed (--force): its trials now mix two searches",
+                       spec.study, ", ".join(changed))
+    elif changed:
+        raise StudyMismatchError(f"study {spec.study!r} already exists in this storage with different "
+                                 f"{', '.join(changed)}; allowed: the same spec and model to resume it, a new study "
+                                 "name (field `study`) or run folder, or --force to resume anyway")
     return study
 
 
@@ -279,12 +296,13 @@ def integer_program_solutions(context: StudyContext, budgets: int = 3
 
 def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = None, n_trials: int | None = None,
               progress: bool = True, context: StudyContext | None = None, write_outputs: bool = True,
-              shared: bool = False) -> RunSummary:
+              shared: bool = False, force: bool = False) -> RunSummary:
     """Run (or resume) the search of ``spec`` with ``run_dir`` as its handle; returns the summary.
 
     ``n_trials`` overrides the spec's total budget. ``context`` reuses an already built model and
     evaluator (tests, benchmarks). ``shared``: other processes work on the same study (``dlmsearch
-    worker``), which SQLite cannot take. The folder receives the resolved spec, the journal (unless
+    worker``), which SQLite cannot take. ``force`` resumes a study whose spec or model fingerprint
+    changed (refused otherwise). The folder receives the resolved spec, the journal (unless
     another storage is given), ``pareto.json`` and ``report.html``.
     """
     out = Path(run_dir)
@@ -296,16 +314,17 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     own_context = context is None
     context = context or build_context(spec)
     try:
-        return _run(spec, out, storage_url, n_trials, progress, context, write_outputs, shared)
+        return _run(spec, out, storage_url, n_trials, progress, context, write_outputs, shared, force)
     finally:
         if own_context and isinstance(context.evaluator, IsolatedEvaluator):
             context.evaluator.close()
 
 
 def _run(spec: StudySpec, out: Path, storage_url: str, n_trials: int | None, progress: bool, context: StudyContext,
-         write_outputs: bool, shared: bool) -> RunSummary:
+         write_outputs: bool, shared: bool, force: bool) -> RunSummary:
     sampler = make_sampler(spec.sampler, spec.seed, n_trials or spec.n_trials)
-    study = create_or_load_study(spec, open_storage(storage_url, shared=shared), sampler)
+    study = create_or_load_study(spec, open_storage(storage_url, shared=shared), sampler,
+                                 context.adapter.shape.fingerprint, force)
     if REFERENCE_ATTR not in study.user_attrs:  # fixed at creation: a resumed study keeps its yardsticks
         study.set_user_attr(REFERENCE_ATTR, context.reference_point())
         study.set_user_attr(LIMITS_ATTR, spec.budget.limits(context.dense_cost()))
@@ -319,7 +338,7 @@ def _run(spec: StudySpec, out: Path, storage_url: str, n_trials: int | None, pro
         else:
             workers.wait_for_warm_start(study)
     optimize(study, TrialObjective(context, study, limits), total, spec.timeout_s, spec.trial_timeout_s, progress,
-             reference(study, spec.objectives))
+             reference(study, spec.objectives), seed=spec.seed)
     summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),
                          front_hypervolume(study.get_trials(deepcopy=False), reference(study, spec.objectives)), out)
     if write_outputs:
@@ -339,8 +358,12 @@ def reference(study: optuna.Study, objectives: Sequence[str]) -> list[float]:
 
 def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float]], n_trials: int | None,
              timeout_s: float | None, trial_timeout_s: float | None, progress: bool,
-             hv_reference: Sequence[float]) -> None:
+             hv_reference: Sequence[float], seed: int | None = None) -> None:
     """Ask / tell until the study holds ``n_trials`` COMPLETE trials or time runs out.
+
+    With ``seed``, the sampler is reseeded before each ask from the number of COMPLETE trials
+    (:func:`~dlmsearch.search.samplers.seed_for_trial`), so a resumed run draws what an
+    uninterrupted one would.
 
     The budget is study-wide and exact with several workers, and the trials of dead workers are
     failed and retried (:mod:`dlmsearch.search.workers`). A trial that raises ends FAIL with its
@@ -371,6 +394,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
                     waiting_logged = True
                 time.sleep(min(workers.heartbeat_interval(study), 5.0))
                 continue
+            if seed is not None:
+                seed_for_trial(study.sampler, seed, complete)
             with warnings.catch_warnings():  # the heartbeat is recorded below (workers.heartbeat)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = study.ask(distributions)

@@ -109,3 +109,32 @@ def test_sigterm_mid_trial_fails_the_trial_and_exits_non_zero(spec_file: Path, t
     states = [t.state for t in open_study(run_dir).get_trials()]
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
     assert not list(run_dir.glob("*.lock"))
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_plans_in_fresh_processes(spec_file: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dlmsearch.search import open_study
+
+    plans = []
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        subprocess.run([sys.executable, "-m", "dlmsearch.cli", "run", str(spec_file), "--out", str(run_dir),
+                        "--threads", "1"], check=True, capture_output=True, timeout=600)
+        plans.append([(json.dumps(t.user_attrs["plan"]), t.values) for t in open_study(run_dir).get_trials()])
+    assert len(plans[0]) == 3 and plans[0] == plans[1]
+
+
+def test_the_cli_says_when_remote_code_is_trusted(spec_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(spec_file)]) == 0
+    assert "remote code" not in capsys.readouterr().err.replace("-", " ")  # off unless asked for
+    spec = yaml.safe_load(spec_file.read_text())
+    spec_file.write_text(yaml.safe_dump({**spec, "trust_remote_code": True}))
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "run"), "--storage", "redis://nowhere/0"]) == 2
+    err = capsys.readouterr().err
+    assert "trust_remote_code is on (set in the spec)" in err and "redis://nowhere/0" in err
+    assert main(["validate", str(spec_file), "--trust-remote-code"]) == 0
+    assert "--trust-remote-code is on" in capsys.readouterr().err

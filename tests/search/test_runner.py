@@ -18,7 +18,7 @@ from dlmsearch.search import run_study
 from dlmsearch.search.context import StudyContext
 from dlmsearch.search.pareto import feasible_front, is_feasible
 from dlmsearch.search.results import export_plan, open_study, plan_of
-from dlmsearch.search.runner import StudyMismatchError, TrialValueError, checked_values
+from dlmsearch.search.runner import RunInterrupted, StudyMismatchError, TrialValueError, checked_values
 
 Make = Callable[..., StudyContext]
 
@@ -80,6 +80,30 @@ def test_same_seed_gives_the_same_plans(make_context: Make, tmp_path: Path) -> N
     assert values[0] == values[1]
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_one_run_equals_an_interrupted_and_resumed_run(make_context: Make, tmp_path: Path, sampler: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    context = make_context(n_trials=12, warm_start=True, sampler=sampler)
+    whole = run_study(context.spec, tmp_path / "whole", context=context, progress=False, write_outputs=False)
+    real = context.evaluator.evaluate
+    calls = []
+
+    def interrupted_at_the_seventh_trial(plan: Any, fidelity: str = "full") -> Any:
+        calls.append(plan)
+        if len({json.dumps(p.to_dict()) for p in calls}) == 7:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the 7th distinct Plan
+        return real(plan, fidelity)
+
+    monkeypatch.setattr(context.evaluator, "evaluate", interrupted_at_the_seventh_trial)
+    with pytest.raises(RunInterrupted):
+        run_study(context.spec, tmp_path / "split", context=context, progress=False, write_outputs=False)
+    monkeypatch.setattr(context.evaluator, "evaluate", real)
+    split = run_study(context.spec, tmp_path / "split", context=context, progress=False, write_outputs=False)
+    plans = [[json.dumps(t.user_attrs["plan"]) for t in r.study.get_trials(states=(TrialState.COMPLETE,))]
+             for r in (whole, split)]
+    assert len(plans[0]) == 12 and plans[0] == plans[1]
+
+
 def test_a_failing_trial_fails_alone(make_context: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     context = make_context(n_trials=4, warm_start=False, evaluator={"fidelity": "low"})
     real = context.evaluator.evaluate
@@ -114,6 +138,25 @@ def test_a_different_spec_under_the_same_name_is_refused(make_context: Make, tmp
     changed = make_context(n_trials=2, warm_start=False, budget={"latency_ms": 1.0})
     with pytest.raises(StudyMismatchError, match="budget"):
         run_study(changed.spec, tmp_path, context=changed, progress=False, write_outputs=False)
+
+
+def test_a_different_model_is_refused_unless_forced(make_context: Make, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from dlmsearch.search.runner import ENVIRONMENT_ATTR, MODEL_ATTR
+
+    context = make_context(n_trials=2, warm_start=False)
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    assert study.user_attrs[MODEL_ATTR] == context.adapter.shape.fingerprint
+    recorded = study.user_attrs[ENVIRONMENT_ATTR]
+    assert {"dlmsearch", "torch", "transformers", "optuna", "device"} <= set(recorded)
+    assert recorded["device"].startswith(("cpu/", "cuda/"))
+    study.set_user_attr(MODEL_ATTR, "llama/L32/d4096/other-checkpoint")  # as if the checkpoint had changed
+    with pytest.raises(StudyMismatchError, match="model fingerprint .*--force"):
+        run_study(context.spec, tmp_path, n_trials=3, context=context, progress=False, write_outputs=False)
+    forced = run_study(context.spec, tmp_path, n_trials=3, context=context, progress=False, write_outputs=False,
+                       force=True)
+    assert len(forced.study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert "mix two searches" in caplog.text
 
 
 def test_outputs_and_export(make_context: Make, tmp_path: Path) -> None:
