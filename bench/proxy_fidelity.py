@@ -20,6 +20,8 @@ Figures (``name: value``):
 - ``spearman_low_full`` / ``kendall_low_full``: low-fidelity proxy vs full evaluator;
 - ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under another
   seed for its generations and NELBO masks (same compressed models): its noise ceiling;
+- ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
+  (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
   vs the full evaluator on the pruning-heavy Plans (mean sparsity >= 0.3), the case where
   perplexity is said to mislead; ``spearman_nelbo_full``: plain NELBO on all Plans;
@@ -87,6 +89,35 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) > 2 else float("nan")
 
 
+def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = 1 / 3) -> list[float]:
+    """A proxy without its trajectory term: masked KL plus the cached dense step term."""
+    return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
+
+
+def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Rank correlations of every proxy variant with the full evaluator (see the module docstring)."""
+    column = {key: [row[key] for row in rows] for key in rows[0]}
+    pruning = [i for i, row in enumerate(rows) if row["mean_sparsity"] >= 0.3]
+    subset = {key: [values[i] for i in pruning] for key, values in column.items()}
+    figures = {
+        "spearman_proxy_full": spearman(column["proxy"], column["full"]),
+        "kendall_proxy_full": kendall(column["proxy"], column["full"]),
+        "spearman_low_full": spearman(column["low"], column["full"]),
+        "kendall_low_full": kendall(column["low"], column["full"]),
+        "spearman_kl_step_full": spearman(step_only(rows, "proxy"), column["full"]),
+        "spearman_low_kl_step_full": spearman(step_only(rows, "low"), column["full"]),
+        "kendall_low_kl_step_full": kendall(step_only(rows, "low"), column["full"]),
+        "spearman_nelbo_full": spearman(column["nelbo"], column["full"]),
+        "pruning_heavy_plans": float(len(pruning)),
+        "spearman_nelbo_full_pruning": spearman(subset["nelbo"], subset["full"]),
+        "spearman_proxy_full_pruning": spearman(subset["proxy"], subset["full"]),
+    }
+    if "full_repeat" in column:
+        figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
+        figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="8 Plans and smaller evaluators")
@@ -95,7 +126,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--full-repeat", action="store_true",
                         help="score every Plan a second time by the full evaluator under another seed")
     parser.add_argument("--dump", type=Path, default=None, help="write every Plan's metrics to this JSON file")
+    parser.add_argument("--from-dump", type=Path, default=None,
+                        help="recompute the correlations from a --dump file instead of scoring Plans")
     args = parser.parse_args(argv)
+    if args.from_dump is not None:
+        dumped = json.loads(args.from_dump.read_text())
+        figures = {"plans": float(len(dumped["rows"])), "seed": float(dumped["seed"]), **correlations(dumped["rows"])}
+        for name, value in figures.items():
+            print(f"{name}: {value:.4f}")
+        return figures
     n_plans = args.plans or (8 if args.quick else 40)
     adapter = load_model()
     proxy, full = evaluators(adapter, args.quick)
@@ -130,28 +169,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rows.append(row)
         if args.dump is not None:
             args.dump.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "rows": rows}, indent=1))
-    column = {key: [row[key] for row in rows] for key in rows[0]}
-    pruning = [i for i, row in enumerate(rows) if row["mean_sparsity"] >= 0.3]
-    subset = {key: [values[i] for i in pruning] for key, values in column.items()}
-    figures = {
-        "plans": float(n_plans),
-        "seed": float(args.seed),
-        "spearman_proxy_full": spearman(column["proxy"], column["full"]),
-        "kendall_proxy_full": kendall(column["proxy"], column["full"]),
-        "spearman_low_full": spearman(column["low"], column["full"]),
-        "kendall_low_full": kendall(column["low"], column["full"]),
-        "spearman_nelbo_full": spearman(column["nelbo"], column["full"]),
-        "pruning_heavy_plans": float(len(pruning)),
-        "spearman_nelbo_full_pruning": spearman(subset["nelbo"], subset["full"]),
-        "spearman_proxy_full_pruning": spearman(subset["proxy"], subset["full"]),
-        "seconds_per_plan_proxy": timing["proxy"] / n_plans,
-        "seconds_per_plan_low": timing["low"] / n_plans,
-        "seconds_per_plan_full": timing["full"] / n_plans,
-        "full_over_proxy": timing["full"] / max(timing["proxy"], 1e-9),
-    }
-    if repeat is not None:
-        figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
-        figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])
+    figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
+               "seconds_per_plan_proxy": timing["proxy"] / n_plans,
+               "seconds_per_plan_low": timing["low"] / n_plans,
+               "seconds_per_plan_full": timing["full"] / n_plans,
+               "full_over_proxy": timing["full"] / max(timing["proxy"], 1e-9)}
     for name, value in figures.items():
         print(f"{name}: {value:.4f}")
     return figures

@@ -113,6 +113,15 @@ class IsolatedEvaluator:
         logger.info("evaluator process %d started (recycled every %d evaluations)", process.pid, self.recycle_after)
         return conn
 
+    def _exit_code(self) -> int | None:
+        """The exit code of a child whose end of the socket closed (it is exiting: wait for it briefly)."""
+        if self._process is None:
+            return None
+        try:
+            return int(self._process.wait(EXIT_GRACE_S))
+        except subprocess.TimeoutExpired:
+            return None
+
     def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         conn = self._conn or self._start()
         try:
@@ -122,7 +131,7 @@ class IsolatedEvaluator:
                     break
             reply = json.loads(conn.recv_bytes())
         except (EOFError, OSError, BrokenPipeError):
-            code = self._process.poll() if self._process is not None else None
+            code = self._exit_code()
             self.kill()
             raise EvaluatorProcessError(f"the evaluator process died ({describe_exit(code)}) while running "
                                         f"{message['op']}") from None
