@@ -41,7 +41,8 @@ BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_b
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight",
-                                       "step_weight", "step_rows", "calibration_sequences", "seed")
+                                       "step_weight", "step_rows", "unconditional_rows", "calibration_sequences",
+                                       "seed")
 
 
 class StudySpecError(ValueError):
@@ -441,7 +442,7 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
             if key in ("trajectory_weight", "step_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
-                c.integer(f"evaluator.settings.{key}", value, 0 if key == "seed" else 1)
+                c.integer(f"evaluator.settings.{key}", value, 0 if key in ("seed", "unconditional_rows") else 1)
         values["settings"] = {k: v for k, v in settings.items() if k in EVALUATOR_SETTINGS}
     for key in ("data_files", "calibration_files"):
         if key in raw:
