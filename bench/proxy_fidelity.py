@@ -5,6 +5,8 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --seed 0           # 40 random Plans (the reported set)
     .venv/bin/python bench/proxy_fidelity.py --seed 1 --plans 24 --full-repeat --dump runs/tune.json
     .venv/bin/python bench/proxy_fidelity.py --quick            # 8 Plans, smaller evaluators
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 1.0 0.333
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -94,6 +96,28 @@ def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = 1 / 3
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
 
+def rescored(rows: list[dict[str, float]], trajectory_weight: float, step_weight: float,
+             fidelity: str = "proxy") -> list[float]:
+    """The proxy's score recomputed from its dumped parts with other weights (the score is linear in them)."""
+    def free(row: dict[str, float]) -> float:
+        return row.get(f"{fidelity}.free_gap", row[f"{fidelity}.steps_unconditional_gap"])
+
+    return [row[f"{fidelity}.kl"] + trajectory_weight * row[f"{fidelity}.trajectory"]
+            + step_weight * max(0.0, free(row)) for row in rows]
+
+
+TRAJECTORY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+STEP_WEIGHTS = (0.0, 1 / 6, 1 / 3, 2 / 3, 1.0, 2.0)
+
+
+def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The (trajectory_weight, step_weight) of the grid whose rescored proxy ranks like the full evaluator best."""
+    full = [row["full"] for row in rows]
+    rho, tw, sw = max((spearman(rescored(rows, tw, sw), full), tw, sw)
+                      for tw in TRAJECTORY_WEIGHTS for sw in STEP_WEIGHTS)
+    return {"tuned_trajectory_weight": tw, "tuned_step_weight": sw, "tuned_spearman_proxy_full": rho}
+
+
 def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     """Rank correlations of every proxy variant with the full evaluator (see the module docstring)."""
     column = {key: [row[key] for row in rows] for key in rows[0]}
@@ -128,10 +152,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--dump", type=Path, default=None, help="write every Plan's metrics to this JSON file")
     parser.add_argument("--from-dump", type=Path, default=None,
                         help="recompute the correlations from a --dump file instead of scoring Plans")
+    parser.add_argument("--tune", action="store_true",
+                        help="with --from-dump: grid-search the proxy's trajectory and step weights on that dump")
+    parser.add_argument("--weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
+                        help="with --from-dump: correlations of the proxy rescored with these weights")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
         dumped = json.loads(args.from_dump.read_text())
-        figures = {"plans": float(len(dumped["rows"])), "seed": float(dumped["seed"]), **correlations(dumped["rows"])}
+        rows = dumped["rows"]
+        figures = {"plans": float(len(rows)), "seed": float(dumped["seed"]), **correlations(rows)}
+        if args.tune:
+            figures.update(tuned_weights(rows))
+        if args.weights:
+            tw, sw = args.weights
+            full = [row["full"] for row in rows]
+            figures.update({"weights_trajectory": tw, "weights_step": sw,
+                            "weights_spearman_proxy_full": spearman(rescored(rows, tw, sw), full),
+                            "weights_kendall_proxy_full": kendall(rescored(rows, tw, sw), full),
+                            "weights_spearman_low_full": spearman(rescored(rows, tw, sw, "low"), full)})
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures
