@@ -52,7 +52,7 @@ class IsolatedEvaluator:
         self.threads = threads
         self.evaluations = 0  # by the current child
         self.children_started = 0
-        self._process: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
@@ -127,10 +127,10 @@ class IsolatedEvaluator:
         try:
             conn.send_bytes(json.dumps(message).encode())
             while not conn.poll(1.0):  # short waits: a signal in the parent is handled within a second
-                if self._process.poll() is not None:
+                if self._process is None or self._process.poll() is not None:
                     break
             reply = json.loads(conn.recv_bytes())
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError):  # the child died: its end of the socket closed
             code = self._exit_code()
             self.kill()
             raise EvaluatorProcessError(f"the evaluator process died ({describe_exit(code)}) while running "
