@@ -22,6 +22,7 @@ Figures (``name: value``):
 - ``spearman_low_full`` / ``kendall_low_full``: low-fidelity proxy vs full evaluator;
 - ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under another
   seed for its generations and NELBO masks (same compressed models): its noise ceiling;
+  ``spearman_proxy_full_repeat``: the proxy against that repeat (no shared mask seed);
 - ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
   (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
@@ -139,6 +140,8 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     if "full_repeat" in column:
         figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
         figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])
+        # the proxy shares greedy prompted rows and NELBO mask seeds with `full`, not with the repeat
+        figures["spearman_proxy_full_repeat"] = spearman(column["proxy"], column["full_repeat"])
     return figures
 
 
