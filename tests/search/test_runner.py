@@ -80,28 +80,29 @@ def test_same_seed_gives_the_same_plans(make_context: Make, tmp_path: Path) -> N
     assert values[0] == values[1]
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random"])
+@pytest.mark.parametrize(("sampler", "n_trials"), [("tpe", 50), ("random", 12)])
 def test_one_run_equals_an_interrupted_and_resumed_run(make_context: Make, tmp_path: Path, sampler: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    context = make_context(n_trials=12, warm_start=True, sampler=sampler)
+                                                       n_trials: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 trials in one run = 25, Ctrl-C in the 26th, then a resume (the issue's case, on the tiny model)."""
+    context = make_context(n_trials=n_trials, warm_start=True, sampler=sampler)
     whole = run_study(context.spec, tmp_path / "whole", context=context, progress=False, write_outputs=False)
     real = context.evaluator.evaluate
     calls = []
 
-    def interrupted_at_the_seventh_trial(plan: Any, fidelity: str = "full") -> Any:
+    def interrupted_halfway(plan: Any, fidelity: str = "full") -> Any:
         calls.append(plan)
-        if len({json.dumps(p.to_dict()) for p in calls}) == 7:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the 7th distinct Plan
+        if len({json.dumps(p.to_dict()) for p in calls}) == n_trials // 2 + 1:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the first Plan past half the budget
         return real(plan, fidelity)
 
-    monkeypatch.setattr(context.evaluator, "evaluate", interrupted_at_the_seventh_trial)
+    monkeypatch.setattr(context.evaluator, "evaluate", interrupted_halfway)
     with pytest.raises(RunInterrupted):
         run_study(context.spec, tmp_path / "split", context=context, progress=False, write_outputs=False)
     monkeypatch.setattr(context.evaluator, "evaluate", real)
     split = run_study(context.spec, tmp_path / "split", context=context, progress=False, write_outputs=False)
     plans = [[json.dumps(t.user_attrs["plan"]) for t in r.study.get_trials(states=(TrialState.COMPLETE,))]
              for r in (whole, split)]
-    assert len(plans[0]) == 12 and plans[0] == plans[1]
+    assert len(plans[0]) == n_trials and plans[0] == plans[1]
 
 
 def test_a_failing_trial_fails_alone(make_context: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,8 +129,33 @@ def test_a_failing_trial_fails_alone(make_context: Make, tmp_path: Path, monkeyp
 def test_non_finite_objectives_are_named() -> None:
     with pytest.raises(TrialValueError, match="'latency_ms' is nan"):
         checked_values(["quality", "latency_ms"], {"quality": 0.1, "latency_ms": math.nan})
+    with pytest.raises(TrialValueError, match="'peak_mem_bytes' is inf"):
+        checked_values(["quality", "peak_mem_bytes"], {"quality": 0.1, "peak_mem_bytes": math.inf})
     with pytest.raises(TrialValueError, match="'quality' is None"):
         checked_values(["quality"], {})
+
+
+def test_a_cost_model_returning_inf_fails_that_trial_naming_the_objective(make_context: Make, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    context = make_context(n_trials=4, warm_start=False, evaluator={"fidelity": "low"})
+    real = context.cost_model.cost
+    calls = {"n": 0}
+
+    def broken_once(plan: Any, hardware: Any) -> Any:
+        calls["n"] += 1
+        result = real(plan, hardware)
+        if calls["n"] == 4:  # a trial's Plan (the first calls price the dense reference)
+            result = copy.copy(result)
+            object.__setattr__(result, "latency_ms", math.inf)  # past CostResult's own check, as a buggy model
+        return result
+
+    monkeypatch.setattr(context.cost_model, "cost", broken_once)
+    study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "objective 'latency_ms' is inf" in failed[0].user_attrs["error"]
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4  # the study went on
 
 
 def test_a_different_spec_under_the_same_name_is_refused(make_context: Make, tmp_path: Path) -> None:
