@@ -20,8 +20,10 @@ dropped and a damaged journal is refused with its line (:mod:`dlmsearch.search.j
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +36,9 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.search.journal_check import check_journal
+from dlmsearch.search.workers import ADMITTED_ATTR
+
+logger = logging.getLogger("dlmsearch.search.storage")
 
 JOURNAL_NAME = "journal.log"
 HEARTBEAT_INTERVAL_S = 30
@@ -43,7 +48,7 @@ LOCK_GRACE_S = 30
 #: Trial system attribute holding the journal heartbeat (seconds since the epoch).
 HEARTBEAT_ATTR = "dlmsearch.heartbeat"
 #: System attributes a retried trial does not inherit.
-UNINHERITED_SYSTEM_ATTRS = (HEARTBEAT_ATTR, "dlmsearch.admitted")
+UNINHERITED_SYSTEM_ATTRS = (HEARTBEAT_ATTR, ADMITTED_ATTR)
 
 
 class StorageError(ValueError):
@@ -88,7 +93,7 @@ class RetryStaleTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > self.max_retry:
-            optuna.logging.get_logger("dlmsearch.search.storage").warning(
+            logger.warning(
                 "trial %d of a dead worker is not retried: %d retries already (DLMSEARCH_MAX_RETRY)",
                 trial.number, len(history) - 1)
             return
@@ -191,8 +196,6 @@ def open_storage(url: str | Path, workers: int = 1, shared: bool = False) -> Bas
         "heartbeat_interval": max(1, round(interval)), "grace_period": max(2, round(grace)),
         "heartbeat_stale_trial_callback": RetryStaleTrial(retries)}
     try:
-        import warnings
-
         with warnings.catch_warnings():  # heartbeat_interval: experimental since Optuna 2.9, stable in practice
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(text, **heartbeat)

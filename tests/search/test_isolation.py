@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dlmsearch.cost_models.measured import rss_bytes
 from dlmsearch.plan import Plan
 from dlmsearch.search import run_study
 from dlmsearch.search.context import build_context
@@ -24,9 +25,8 @@ PARENT_GROWTH_BOUND_MB = 25.0
 
 
 def rss_mb() -> float:
-    """This process's resident memory in MB (Linux /proc)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    """This process's resident memory in MB."""
+    return rss_bytes() / 1e6
 
 
 def isolated_spec(**overrides: Any) -> Any:
