@@ -19,16 +19,19 @@ CPUs; ``--use-kernels`` forces the real low-bit kernels, and prices them) and it
 ``generate`` call timed. Plans are
 timed in interleaved rounds (every Plan once per round, shuffled order; the LLaDA-shaped model in
 chunks of 6 Plans, which is what fits in memory), each round also times the dense model, and the
-figure per Plan is the median over rounds. ``drift-corrected`` divides each time by the dense
-time of the same round and multiplies by the dense median of the whole run (timings on this shared
-machine drift 2-3x; the ratio to a neighbour does not).
+figure per Plan is the median over rounds (5; ``measured_round_to_round_kendall`` says how well one
+round ranks the Plans like another: the ceiling of any prediction's Kendall tau).
+``drift-corrected`` divides each time by the dense time of the same round and multiplies by the
+dense median of the whole run (timings on this shared machine drift 2-3x; the ratio to a
+neighbour does not).
 
 Predictions: (a) datasheet-only: the analytic model on the ``x86-avx512-laptop`` spec;
 (b) calibrated: the same analytic model on a profile measured in this run just before the timings
 (``measure_profile`` over the model's shapes at M/4 .. 2M); (c) quick profile: the profile
 ``hardware: local`` measures (:data:`QUICK_TOKEN_COUNTS`, few rounds). The analytic model is built
 as the search builds it (dense dtype and kernels follow the target). Reported per model: MAPE,
-Kendall tau and Spearman rho of predicted vs measured latency, the mean / max error over the named
+Kendall tau and Spearman rho of predicted vs measured latency (and Kendall's tau-a over the pairs
+measured at least 10% apart: closer pairs are within the noise), the mean / max error over the named
 Plans; tensor bytes held after generation vs the predicted
 weights under the ``runtime`` layout; and, for a few Plans built one at a time, RSS growth (peak
 during generation minus RSS before the model copy; glibc's mmap threshold is lowered so freed
@@ -191,8 +194,10 @@ def _compressed(w: Workload, plan: Plan) -> DLMAdapter:
     return model
 
 
-def time_plans(w: Workload, plans: Sequence[Plan], rounds: int) -> tuple[list[float], list[float], list[int]]:
-    """(median ms, drift-corrected ms, held tensor bytes) per Plan, interleaved with the dense model."""
+def time_plans(w: Workload, plans: Sequence[Plan],
+               rounds: int) -> tuple[list[float], list[float], list[int], list[list[float]]]:
+    """(median ms, drift-corrected ms, held tensor bytes, ms of every round) per Plan, interleaved with the
+    dense model."""
     dense_run = generate_call(w.adapter, plans[0].sampler, w.prompt_length)
     raw: list[list[float]] = [[] for _ in plans]
     relative: list[list[float]] = [[] for _ in plans]
@@ -219,7 +224,7 @@ def time_plans(w: Workload, plans: Sequence[Plan], rounds: int) -> tuple[list[fl
         del models, runs
         gc.collect()
     dense_ms = statistics.median(dense_all) * 1e3
-    return ([statistics.median(v) for v in raw], [statistics.median(v) * dense_ms for v in relative], held)
+    return ([statistics.median(v) for v in raw], [statistics.median(v) * dense_ms for v in relative], held, raw)
 
 
 def rss_growth_child(w: Workload, plan: Plan) -> int:
@@ -238,10 +243,23 @@ def rss_growth_child(w: Workload, plan: Plan) -> int:
 
 
 def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """MAPE (%), Kendall tau and Spearman rho."""
+    """MAPE (%), Kendall tau, Spearman rho, and Kendall's tau-a over the pairs whose measured times differ
+    by at least 10% (pairs closer than that are within this machine's run-to-run noise)."""
     p, m = np.asarray(predicted), np.asarray(measured)
+    i, j = np.triu_indices(len(m), k=1)
+    apart = np.abs(m[i] - m[j]) >= 0.1 * np.minimum(m[i], m[j])
+    concordance = np.sign(p[i] - p[j])[apart] * np.sign(m[i] - m[j])[apart]
     return {"mape_pct": float(np.mean(np.abs(p - m) / m) * 100), "kendall": float(stats.kendalltau(p, m)[0]),
-            "spearman": float(stats.spearmanr(p, m)[0])}
+            "spearman": float(stats.spearmanr(p, m)[0]),
+            "kendall_pairs_10pct_apart": float(concordance.mean()) if concordance.size else float("nan")}
+
+
+def round_to_round_kendall(per_round: Sequence[Sequence[float]]) -> float:
+    """Mean Kendall tau between the times of two rounds, over every pair of rounds: how well one
+    measurement ranks the Plans like a repeat of itself (the ceiling for any prediction)."""
+    rounds = np.asarray(per_round).T  # (rounds, plans)
+    taus = [stats.kendalltau(rounds[a], rounds[b])[0] for a in range(len(rounds)) for b in range(a + 1, len(rounds))]
+    return float(np.mean(taus)) if taus else float("nan")
 
 
 def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[str, float]:
@@ -266,10 +284,11 @@ def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[s
     local = [c.latency_ms for c in model.cost_many(plans, quick)]
     memory = runtime.cost_many(plans, profile)
     start = time.perf_counter()
-    measured, corrected, held = time_plans(w, plans, rounds)
+    measured, corrected, held, per_round = time_plans(w, plans, rounds)
     print(f"{w.name}: {len(plans)} Plans timed in {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    figures: dict[str, float] = {"plans": len(plans), "tokens_per_step": m,
-                                 "measured_ms_min": min(measured), "measured_ms_max": max(measured)}
+    figures: dict[str, float] = {"plans": len(plans), "tokens_per_step": m, "rounds": rounds,
+                                 "measured_ms_min": min(measured), "measured_ms_max": max(measured),
+                                 "measured_round_to_round_kendall": round_to_round_kendall(per_round)}
     for label, predicted in (("datasheet", datasheet), ("calibrated", calibrated), ("quick_profile", local)):
         for target, values in (("raw", measured), ("drift_corrected", corrected)):
             for key, value in accuracy(predicted, values).items():
@@ -357,13 +376,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--use-kernels", action="store_true",
                         help="apply Plans with real low-bit kernels (default: apply_plan_'s default, which simulates "
                              "on CPUs) and price them so")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per Plan (default 5, quick 2)")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "INDEX", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global USE_KERNELS
     USE_KERNELS = True if args.use_kernels else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 3, 4)
+    count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 5, 4)
+    rounds = args.rounds or rounds
     if args.rss_child:
         name, index, count = args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2])
         w = workload(name)

@@ -21,8 +21,9 @@ Figures (``name: value``):
 - ``spearman_proxy_full`` / ``kendall_proxy_full``: proxy vs full evaluator;
 - ``spearman_low_full`` / ``kendall_low_full``: low-fidelity proxy vs full evaluator;
 - ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under another
-  seed for its generations and NELBO masks (same compressed models): its noise ceiling;
-  ``spearman_proxy_full_repeat``: the proxy against that repeat (no shared mask seed);
+  seed for its generations, infill spans and NELBO masks (same compressed models): its noise
+  ceiling; ``spearman_proxy_full_repeat``: the proxy against that repeat;
+  ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two draws;
 - ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
   (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
@@ -140,8 +141,10 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     if "full_repeat" in column:
         figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
         figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])
-        # the proxy shares greedy prompted rows and NELBO mask seeds with `full`, not with the repeat
         figures["spearman_proxy_full_repeat"] = spearman(column["proxy"], column["full_repeat"])
+        mean = [(a + b) / 2 for a, b in zip(column["full"], column["full_repeat"], strict=True)]
+        figures["spearman_proxy_full_mean"] = spearman(column["proxy"], mean)
+        figures["spearman_low_full_mean"] = spearman(column["low"], mean)
     return figures
 
 

@@ -65,8 +65,12 @@ from dlmsearch.plan import Plan, SamplerSettings
 logger = logging.getLogger("dlmsearch.evaluators.proxy")
 
 AGREEMENT_WEIGHT = 0.5
-#: The free rows draw with their own seed, so they share no noise with the full evaluator's (seed 0).
+#: Seed offsets of the proxy's draws: free rows and the masks of generated rows' NELBO each have
+#: their own (the full evaluator draws with offset 100), so no two measurements share noise.
 FREE_SEED_OFFSET = 1
+NELBO_SEED_OFFSET = 2
+#: Enters every reference cache key: raise it when a change alters what a cached entry holds.
+REFERENCE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ class ProxyEvaluator(BaseEvaluator):
     # ------------------------------------------------------------ reference (cached)
 
     def _key(self, **extra: object) -> str:
-        return cache_key(self.model_digest, {**dataclasses.asdict(self.settings), **extra})
+        return cache_key(self.model_digest, {**dataclasses.asdict(self.settings), "version": REFERENCE_VERSION,
+                                             **extra})
 
     def _reference_logprobs(self) -> list[torch.Tensor]:
         """Dense log-probabilities at the masked positions of each chunk of states, (positions, V)."""
@@ -187,10 +192,12 @@ class ProxyEvaluator(BaseEvaluator):
         ids = self.states.ids[start:end]
         out: torch.Tensor | None = None
         for group, rows in rows_by_group.items():
-            with force_timestep_group(adapter.model, group):
-                logits = adapter.forward_logits(ids.to(adapter.device))
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            out = logp if out is None else torch.where(rows[:len(ids), None, None], logp, out)
+            rows = rows[:len(ids)]
+            with force_timestep_group(adapter.model, group):  # only this group's rows run at its precision
+                logits = adapter.forward_logits(ids[rows].to(adapter.device))
+            if out is None:
+                out = torch.empty(*ids.shape, logits.shape[-1])
+            out[rows] = torch.log_softmax(logits.float(), dim=-1).cpu()
         assert out is not None
         return out[self.states.masked[start:end]]
 
@@ -220,7 +227,8 @@ class ProxyEvaluator(BaseEvaluator):
 
     def _nelbo(self, sequences: torch.Tensor) -> float:
         return evaluate_nelbo(self.dense.forward_logits, sequences.cpu(), self.dense.mask_token_id,
-                              seed=self.settings.seed, repeats=self.settings.nelbo_repeats, batch_size=64)
+                              seed=self.settings.seed + NELBO_SEED_OFFSET, repeats=self.settings.nelbo_repeats,
+                              batch_size=64)
 
     # ------------------------------------------------------------ evaluation
 

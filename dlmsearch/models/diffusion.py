@@ -86,10 +86,19 @@ def unigram_entropy(ids: torch.Tensor, vocab_size: int) -> float:
     return float(-(p * p.log()).sum())
 
 
-def eval_windows(ids: torch.Tensor, length: int, count: int) -> torch.Tensor:
-    """``count`` non-overlapping windows of ``length`` tokens spread evenly over ``ids``."""
+def eval_windows(ids: torch.Tensor, length: int, count: int, phase: float = 0.0) -> torch.Tensor:
+    """``count`` non-overlapping windows of ``length`` tokens spread evenly over ``ids``.
+
+    ``phase`` in [0, 1) shifts every window by that share of the spacing between windows: with
+    ``phase=0.5`` the windows sit halfway between those of ``phase=0`` (same count), so two
+    evaluators can measure on disjoint held-out text.
+    """
+    if not 0.0 <= phase < 1.0:
+        raise ValueError(f"phase={phase}: must be in [0, 1)")
     n_windows = ids.numel() // length
-    if n_windows < count:
+    if n_windows < count * (2 if phase else 1):
         raise ValueError(f"count={count} windows of length {length} do not fit in {ids.numel()} tokens")
-    starts = torch.linspace(0, n_windows - 1, count).long() * length
+    spacing = (n_windows - 1) / max(count - 1, 1)
+    last = n_windows - 2 if phase else n_windows - 1
+    starts = (torch.linspace(0, n_windows - 1, count) + phase * spacing).clamp(max=last).long() * length
     return torch.stack([ids[s:s + length] for s in starts.tolist()])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import FullEvaluator, FullSettings
-from dlmsearch.evaluators.full import distinct_ngrams
+from dlmsearch.evaluators.full import distinct_ngrams, span_masks
+from dlmsearch.models.diffusion import eval_windows
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import uniform_plan
 
@@ -15,8 +17,8 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
     adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
     ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
     calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
-    settings = FullSettings(infill_windows=4, window_length=32, infill_span=8, prompts=2, prompt_length=8,
-                            unconditional=2)
+    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
+                            prompt_length=8, unconditional=2)
     evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
     dense = evaluator.evaluate(uniform_plan(adapter, steps=8, gen_length=8, block_length=8))
     assert dense.score == 0.0 and dense.metrics["agreement"] == 1.0
@@ -36,8 +38,35 @@ def test_user_prompts_replace_the_held_out_prompts(embedded: object) -> None:
     from dlmsearch.models.adapters import DLMAdapter
 
     assert isinstance(embedded, DLMAdapter)
-    settings = FullSettings(infill_windows=2, prompts=2, unconditional=1, infill_span=8)
+    settings = FullSettings(infill_windows=2, prompts=2, unconditional=1)
     evaluator = FullEvaluator(embedded, settings, prompts=["ROMEO.\n", "To be, or not"])
     plan = uniform_plan(embedded, steps=8, gen_length=8, block_length=8)
     tokens = evaluator.generations(embedded, plan.sampler, prompts=2, unconditional=1)
     assert tokens.shape == (3, 8)
+
+
+def test_span_masks_place_non_overlapping_spans_per_row() -> None:
+    masks = span_masks((50, 128), spans=4, span=6, seed=3)
+    assert masks.sum(dim=1).tolist() == [24] * 50
+    assert not masks[:, 0].any() and not masks[:, -1].any()
+    segments = masks[:, 1:1 + 4 * 31].view(50, 4, 31)  # (128 - 2) // 4 = 31 positions per segment
+    assert (segments.sum(dim=-1) == 6).all()
+    starts = segments.float().argmax(dim=-1)
+    assert bool((segments.gather(-1, (starts[..., None] + torch.arange(6)).clamp(max=30)).all()))
+    assert torch.equal(masks, span_masks((50, 128), spans=4, span=6, seed=3))
+    assert not torch.equal(masks, span_masks((50, 128), spans=4, span=6, seed=4))
+
+
+def test_span_masks_that_do_not_fit_name_both_fields() -> None:
+    with pytest.raises(ValueError, match=r"infill_spans=4 x infill_span=40"):
+        span_masks((2, 128), spans=4, span=40, seed=0)
+
+
+def test_full_evaluator_and_proxy_windows_share_no_text() -> None:
+    ids = torch.arange(200 * 128)
+    proxy_windows = eval_windows(ids, 128, 32)
+    full_windows = eval_windows(ids, 128, 32, phase=0.5)
+    assert not set(proxy_windows[:, 0].tolist()) & set(full_windows[:, 0].tolist())
+    assert full_windows.shape == (32, 128) and int(full_windows[:, -1].max()) < ids.numel()
+    with pytest.raises(ValueError, match="phase=1.0"):
+        eval_windows(ids, 128, 32, phase=1.0)
