@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dlmsearch.evaluators.base import FIDELITIES
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
 from dlmsearch.models.loading import ModelLoadError
 from dlmsearch.models.sampler import REMASKING_STRATEGIES, SamplerSettingsError
@@ -142,6 +143,59 @@ def cmd_apply(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"wrote {out} ({size / 2**20:.2f} MiB; {len(record.quantized)} quantized linears)")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a Plan's quality with the proxy or the full evaluator and print every metric."""
+    import json
+
+    from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
+    from dlmsearch.evaluators.user_text import read_prompts, read_text_ids
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.plan import load_plan
+
+    plan = load_plan(args.plan)
+    adapter = load_model(args.model or plan.model.name, trust_remote_code=args.trust_remote_code)
+    plan.validate_for(adapter, args.plan)
+    text_ids = read_text_ids(adapter, args.text, "--text") if args.text else None
+    evaluator: FullEvaluator | ProxyEvaluator
+    if args.evaluator == "full":
+        prompts = read_prompts(args.prompts, "--prompts") if args.prompts else []
+        settings = _settings_from(FullSettings, args.set)
+        evaluator = FullEvaluator(adapter, settings, text_ids=text_ids, prompts=prompts)
+    else:
+        if args.prompts:
+            raise ValueError("--prompts: only the full evaluator generates from prompts; allowed with --evaluator full")
+        evaluator = ProxyEvaluator(adapter, _settings_from(ProxySettings, args.set), text_ids=text_ids)
+    print(f"scoring {args.plan} with the {args.evaluator} evaluator at {args.fidelity} fidelity", file=sys.stderr)
+    result = evaluator.evaluate(plan, args.fidelity)
+    if args.json:
+        print(json.dumps({"evaluator": args.evaluator, "fidelity": result.fidelity, "score": result.score,
+                          "metrics": result.metrics}, indent=2))
+    else:
+        print(f"score: {result.score:.6f}  (lower is better; 0 = the dense model)")
+        for name, value in result.metrics.items():
+            print(f"{name}: {value:.6f}")
+    return 0
+
+
+def _settings_from(cls: Any, assignments: Sequence[str]) -> Any:
+    """An evaluator settings dataclass with ``KEY=VALUE`` overrides, each converted to the field's type."""
+    import dataclasses
+
+    defaults = cls()
+    fields = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: allowed: KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            values[key] = fields[key](raw)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(fields[key], fields[key].__name__)
+            raise ValueError(f"--set {key}={raw!r}: must be {kind}") from None
+    return dataclasses.replace(defaults, **values)
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:
@@ -380,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="calibration windows for Wanda / sink-aware Wanda / GPTQ")
     apply.add_argument("--seed", type=int, default=0)
     apply.set_defaults(func=cmd_apply)
+
+    evaluate = sub.add_parser("evaluate", help="score a Plan's quality (proxy or full evaluator) and print its metrics")
+    evaluate.add_argument("plan", help="Plan JSON file")
+    evaluate.add_argument("--model", default=None, help="model name or folder (default: the one the Plan names)")
+    evaluate.add_argument("--trust-remote-code", action="store_true")
+    evaluate.add_argument("--evaluator", choices=("full", "proxy"), default="full",
+                          help="full: real generation with the whole Plan (slow); proxy: what the search uses")
+    evaluate.add_argument("--fidelity", choices=FIDELITIES, default="full")
+    evaluate.add_argument("--text", nargs="+", default=None, metavar="FILE",
+                          help="held-out text files to measure on (default: the embedded held-out plays)")
+    evaluate.add_argument("--prompts", default=None, metavar="FILE",
+                          help="full evaluator: prompts to generate from, one per line (\\n for a newline)")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override one evaluator setting, e.g. --set unconditional=32 (repeatable)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     sinks = sub.add_parser("sinks", help="attention-sink statistics of a model, as an HTML report")
     sinks.add_argument("--model", default=EMBEDDED_MODEL_NAME)

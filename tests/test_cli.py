@@ -85,3 +85,41 @@ def test_validate_reads_hardware_specs(tmp_path: Path, capsys: pytest.CaptureFix
     bad.write_text(good.read_text().replace("kind: gpu", "kind: quantum"))
     assert main(["validate", str(bad)]) == 2
     assert "kind: 'quantum' is not allowed" in capsys.readouterr().err
+
+
+SMALL_FULL = ["--set", "infill_windows=2", "--set", "prompts=1", "--set", "unconditional=1",
+              "--set", "calibration_sequences=2"]
+
+
+def test_evaluate_scores_a_plan_with_either_evaluator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    main(["plan", "init", "--bits", "2", "--steps", "8", "--gen-length", "16", "--block-length", "8",
+          "-o", str(plan_path)])
+    capsys.readouterr()
+    assert main(["evaluate", str(plan_path), "--json", *SMALL_FULL]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["evaluator"] == "full" and full["fidelity"] == "full" and full["score"] > 0
+    assert 0.0 <= full["metrics"]["agreement"] < 1.0 and "gen_nelbo" in full["metrics"]
+    assert main(["evaluate", str(plan_path), "--evaluator", "proxy", "--fidelity", "low", "--set", "windows=2",
+                 "--set", "low_fidelity_windows=1", "--set", "trajectory_prompts=1",
+                 "--set", "calibration_sequences=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("score: ") and "\nkl: " in out
+
+
+def test_evaluate_reads_users_prompts_and_names_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan_path = tmp_path / "plan.json"
+    main(["plan", "init", "--steps", "16", "--gen-length", "16", "--block-length", "8", "-o", str(plan_path)])
+    capsys.readouterr()  # a dense Plan at one token per step: the full evaluator's reference itself
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ROMEO.\\n\n\nTo be, or not\n")
+    assert main(["evaluate", str(plan_path), "--prompts", str(prompts), "--json", *SMALL_FULL]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert dense["score"] == 0.0 and dense["metrics"]["agreement"] == 1.0
+    for extra, message in ((["--set", "rows=3"], "--set 'rows=3': allowed: KEY=VALUE with KEY one of"),
+                           (["--set", "prompts=many"], "--set prompts='many': must be an integer"),
+                           (["--prompts", str(tmp_path / "none.txt")], "--prompts: "),
+                           (["--evaluator", "proxy", "--prompts", str(prompts)], "only the full evaluator")):
+        assert main(["evaluate", str(plan_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

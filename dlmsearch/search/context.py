@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.cost_models import AnalyticCostModel, HardwareSpec, resolve_hardware
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
+from dlmsearch.evaluators.user_text import read_text_ids
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import ModelRef, Plan, SamplerSettings
@@ -55,22 +55,15 @@ class StudyContext:
                 **{name: value * REFERENCE_MARGIN for name, value in self.dense_cost().items()}}
 
 
-def _read_text_ids(adapter: DLMAdapter, files: tuple[str, ...]) -> torch.Tensor:
-    text = "\n".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)
-    ids = adapter.encode(text)
-    if ids.numel() == 0:
-        raise ValueError(f"evaluator.data_files: {list(files)} hold no text; allowed: non-empty text files")
-    return ids
-
-
 def build_evaluator(spec: StudySpec, adapter: DLMAdapter | None = None) -> ProxyEvaluator:
     """The spec's proxy evaluator on ``adapter`` (the spec's model, loaded here when omitted)."""
     adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
     settings = ProxySettings(**dict(spec.evaluator.settings))
-    text_ids = _read_text_ids(adapter, spec.evaluator.data_files) if spec.evaluator.data_files else None
+    text_ids = (read_text_ids(adapter, spec.evaluator.data_files, "evaluator.data_files")
+                if spec.evaluator.data_files else None)
     calibration = None
     if spec.evaluator.calibration_files:
-        ids = _read_text_ids(adapter, spec.evaluator.calibration_files)
+        ids = read_text_ids(adapter, spec.evaluator.calibration_files, "evaluator.calibration_files")
         calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, settings.calibration_sequences,
                                               min(settings.window_length, adapter.shape.max_length), settings.seed)
     logger.info("building the proxy evaluator (the dense reference is cached on disk after the first run)")
