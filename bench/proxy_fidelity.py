@@ -6,7 +6,7 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --seed 1 --plans 24 --full-repeat --dump runs/tune.json
     .venv/bin/python bench/proxy_fidelity.py --quick            # 8 Plans, smaller evaluators
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 1.0 0.333
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0.5 0.1667 --low-weights 0 0.1667
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -113,11 +113,16 @@ STEP_WEIGHTS = (0.0, 1 / 6, 1 / 3, 2 / 3, 1.0, 2.0)
 
 
 def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The (trajectory_weight, step_weight) of the grid whose rescored proxy ranks like the full evaluator best."""
+    """The (trajectory_weight, step_weight) of the grid whose rescored proxy (and low fidelity) ranks like
+    the full evaluator best."""
     full = [row["full"] for row in rows]
-    rho, tw, sw = max((spearman(rescored(rows, tw, sw), full), tw, sw)
-                      for tw in TRAJECTORY_WEIGHTS for sw in STEP_WEIGHTS)
-    return {"tuned_trajectory_weight": tw, "tuned_step_weight": sw, "tuned_spearman_proxy_full": rho}
+    figures = {}
+    for fidelity, prefix in (("proxy", "tuned"), ("low", "tuned_low")):
+        rho, tw, sw = max((spearman(rescored(rows, tw, sw, fidelity), full), tw, sw)
+                          for tw in TRAJECTORY_WEIGHTS for sw in STEP_WEIGHTS)
+        figures |= {f"{prefix}_trajectory_weight": tw, f"{prefix}_step_weight": sw,
+                    f"{prefix}_spearman_{fidelity}_full": rho}
+    return figures
 
 
 def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="with --from-dump: grid-search the proxy's trajectory and step weights on that dump")
     parser.add_argument("--weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
+    parser.add_argument("--low-weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
+                        help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
         dumped = json.loads(args.from_dump.read_text())
@@ -171,11 +178,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             figures.update(tuned_weights(rows))
         if args.weights:
             tw, sw = args.weights
+            low_tw, low_sw = args.low_weights or args.weights
             full = [row["full"] for row in rows]
+            low = rescored(rows, low_tw, low_sw, "low")
             figures.update({"weights_trajectory": tw, "weights_step": sw,
                             "weights_spearman_proxy_full": spearman(rescored(rows, tw, sw), full),
                             "weights_kendall_proxy_full": kendall(rescored(rows, tw, sw), full),
-                            "weights_spearman_low_full": spearman(rescored(rows, tw, sw, "low"), full)})
+                            "weights_spearman_low_full": spearman(low, full),
+                            "weights_kendall_low_full": kendall(low, full)})
+            if "full_repeat" in rows[0]:
+                mean = [(row["full"] + row["full_repeat"]) / 2 for row in rows]
+                figures["weights_spearman_proxy_full_mean"] = spearman(rescored(rows, tw, sw), mean)
+                figures["weights_spearman_low_full_mean"] = spearman(low, mean)
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures

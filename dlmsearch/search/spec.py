@@ -40,7 +40,9 @@ ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
-                                       "trajectory_prompts", "prompt_length", "trajectory_weight",
+                                       "low_fidelity_prompts", "low_fidelity_free_rows", "trajectory_prompts",
+                                       "prompt_length",
+                                       "trajectory_weight",
                                        "step_weight", "step_rows", "unconditional_rows", "calibration_sequences",
                                        "seed")
 
@@ -442,7 +444,8 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
             if key in ("trajectory_weight", "step_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
-                c.integer(f"evaluator.settings.{key}", value, 0 if key in ("seed", "unconditional_rows") else 1)
+                zero_ok = key in ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows")
+                c.integer(f"evaluator.settings.{key}", value, 0 if zero_ok else 1)
         values["settings"] = {k: v for k, v in settings.items() if k in EVALUATOR_SETTINGS}
     for key in ("data_files", "calibration_files"):
         if key in raw:

@@ -52,7 +52,7 @@ def test_span_masks_place_non_overlapping_spans_per_row() -> None:
     segments = masks[:, 1:1 + 4 * 31].view(50, 4, 31)  # (128 - 2) // 4 = 31 positions per segment
     assert (segments.sum(dim=-1) == 6).all()
     starts = segments.float().argmax(dim=-1)
-    assert bool((segments.gather(-1, (starts[..., None] + torch.arange(6)).clamp(max=30)).all()))
+    assert bool(segments.gather(-1, (starts[..., None] + torch.arange(6)).clamp(max=30)).all())
     assert torch.equal(masks, span_masks((50, 128), spans=4, span=6, seed=3))
     assert not torch.equal(masks, span_masks((50, 128), spans=4, span=6, seed=4))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,10 @@ def _model() -> DLMAdapter:
     return build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
 
 
-def _evaluator(adapter: DLMAdapter) -> ProxyEvaluator:
+def _evaluator(adapter: DLMAdapter, settings: ProxySettings = SETTINGS) -> ProxyEvaluator:
     ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
     calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
-    return ProxyEvaluator(adapter, SETTINGS, text_ids=ids, calibration=calib)
+    return ProxyEvaluator(adapter, settings, text_ids=ids, calibration=calib)
 
 
 def _plan(adapter: DLMAdapter, **knobs: object) -> Plan:
@@ -93,6 +94,12 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     evaluator = _evaluator(adapter)
     low = evaluator.evaluate(_plan(adapter, weight_bits=2), fidelity="low")
     assert low.fidelity == "low" and low.score > 0
+    # by default nothing is generated at low fidelity: the cached dense step term stands in
+    assert low.metrics["trajectory"] == 0.0 and "trajectory_agreement" not in low.metrics
+    assert "free_gap" not in low.metrics and "steps_unconditional_gap" in low.metrics
+    generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_prompts=1, low_fidelity_free_rows=1))
+    metrics = generating.evaluate(_plan(adapter, weight_bits=2), fidelity="low").metrics
+    assert "trajectory_agreement" in metrics and "free_gap" in metrics
     with pytest.raises(ValueError, match="fidelity='medium'; allowed: low, full"):
         evaluator.evaluate(_plan(adapter), fidelity="medium")
 
