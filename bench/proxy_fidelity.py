@@ -7,6 +7,7 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --quick            # 8 Plans, smaller evaluators
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0.5 0.1667 --low-weights 0 0.1667
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=1   # the proxy's own noise
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -49,6 +50,7 @@ from tqdm import tqdm
 
 from dlmsearch.data import load_split
 from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
+from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.loading import load_model
@@ -153,6 +155,28 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     return figures
 
 
+def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[str]) -> dict[str, float]:
+    """The dump's Plans (regenerated from ``seed``) scored by a proxy variant: its rank correlation with the
+    dumped full scores and with the dumped proxy (``variant_spearman_proxy``: the proxy's own noise when
+    the variant only changes ``seed``)."""
+    fields = {f.name: type(getattr(ProxySettings(), f.name)) for f in dataclasses.fields(ProxySettings)}
+    changes = {key: fields[key](value) for key, value in (item.split("=", 1) for item in assignments)}
+    adapter = load_model()
+    rng = random.Random(seed)
+    plans = [random_plan(adapter, rng) for _ in rows]
+    variant = ProxyEvaluator(adapter, dataclasses.replace(ProxySettings(), **changes))
+    defaults = ProxySettings()  # the dumped Plans' compressed models: a variant changes the measurement only
+    variant.compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
+    start = time.perf_counter()
+    scores = [variant.evaluate(plan).score for plan in tqdm(plans, desc="variant", file=sys.stderr)]
+    figures = {"variant_seconds_per_plan": (time.perf_counter() - start) / len(plans),
+               "variant_spearman_full": spearman(scores, [row["full"] for row in rows]),
+               "variant_spearman_proxy": spearman(scores, [row["proxy"] for row in rows])}
+    if "full_repeat" in rows[0]:
+        figures["variant_spearman_full_mean"] = spearman(scores, [(r["full"] + r["full_repeat"]) / 2 for r in rows])
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="8 Plans and smaller evaluators")
@@ -167,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="with --from-dump: grid-search the proxy's trajectory and step weights on that dump")
     parser.add_argument("--weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
+    parser.add_argument("--variant", nargs="+", metavar="KEY=VALUE", default=None,
+                        help="with --from-dump: rescore the dump's Plans with the proxy under these ProxySettings "
+                             "(e.g. unconditional_rows=4 or seed=1) against the dumped full scores")
     parser.add_argument("--low-weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
@@ -190,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 mean = [(row["full"] + row["full_repeat"]) / 2 for row in rows]
                 figures["weights_spearman_proxy_full_mean"] = spearman(rescored(rows, tw, sw), mean)
                 figures["weights_spearman_low_full_mean"] = spearman(low, mean)
+        if args.variant:
+            figures.update(variant_figures(rows, int(dumped["seed"]), args.variant))
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures
