@@ -97,7 +97,8 @@ def eval_windows(ids: torch.Tensor, length: int, count: int, phase: float = 0.0)
         raise ValueError(f"phase={phase}: must be in [0, 1)")
     n_windows = ids.numel() // length
     if n_windows < count * (2 if phase else 1):
-        raise ValueError(f"count={count} windows of length {length} do not fit in {ids.numel()} tokens")
+        between = f" (phase={phase}: and as many between them)" if phase else ""
+        raise ValueError(f"count={count} windows of length {length}{between} do not fit in {ids.numel()} tokens")
     spacing = (n_windows - 1) / max(count - 1, 1)
     last = n_windows - 2 if phase else n_windows - 1
     starts = (torch.linspace(0, n_windows - 1, count) + phase * spacing).clamp(max=last).long() * length

@@ -70,3 +70,8 @@ def test_full_evaluator_and_proxy_windows_share_no_text() -> None:
     assert full_windows.shape == (32, 128) and int(full_windows[:, -1].max()) < ids.numel()
     with pytest.raises(ValueError, match="phase=1.0"):
         eval_windows(ids, 128, 32, phase=1.0)
+    tight = torch.arange(8 * 128)  # 8 windows for 4 + 4: the last shifted window is clamped inside
+    starts = set(eval_windows(tight, 128, 4)[:, 0].tolist()), set(eval_windows(tight, 128, 4, 0.5)[:, 0].tolist())
+    assert len(starts[1]) == 4 and not starts[0] & starts[1]
+    with pytest.raises(ValueError, match="as many between them"):
+        eval_windows(tight[:-1], 128, 4, phase=0.5)
