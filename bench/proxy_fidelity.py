@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from dlmsearch.data import load_split
 from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
+from dlmsearch.evaluators.base import settings_with
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
@@ -159,12 +160,10 @@ def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[s
     """The dump's Plans (regenerated from ``seed``) scored by a proxy variant: its rank correlation with the
     dumped full scores and with the dumped proxy (``variant_spearman_proxy``: the proxy's own noise when
     the variant only changes ``seed``)."""
-    fields = {f.name: type(getattr(ProxySettings(), f.name)) for f in dataclasses.fields(ProxySettings)}
-    changes = {key: fields[key](value) for key, value in (item.split("=", 1) for item in assignments)}
     adapter = load_model()
     rng = random.Random(seed)
     plans = [random_plan(adapter, rng) for _ in rows]
-    variant = ProxyEvaluator(adapter, dataclasses.replace(ProxySettings(), **changes))
+    variant = ProxyEvaluator(adapter, settings_with(ProxySettings, assignments))
     defaults = ProxySettings()  # the dumped Plans' compressed models: a variant changes the measurement only
     variant.compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
     start = time.perf_counter()

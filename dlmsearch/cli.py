@@ -150,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
+    from dlmsearch.evaluators.base import settings_with
     from dlmsearch.evaluators.user_text import read_prompts, read_text_ids
     from dlmsearch.models.loading import load_model
     from dlmsearch.plan import load_plan
@@ -161,12 +162,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluator: FullEvaluator | ProxyEvaluator
     if args.evaluator == "full":
         prompts = read_prompts(args.prompts, "--prompts") if args.prompts else []
-        settings = _settings_from(FullSettings, args.set)
+        settings = settings_with(FullSettings, args.set)
         evaluator = FullEvaluator(adapter, settings, text_ids=text_ids, prompts=prompts)
     else:
         if args.prompts:
             raise ValueError("--prompts: only the full evaluator generates from prompts; allowed with --evaluator full")
-        evaluator = ProxyEvaluator(adapter, _settings_from(ProxySettings, args.set), text_ids=text_ids)
+        evaluator = ProxyEvaluator(adapter, settings_with(ProxySettings, args.set), text_ids=text_ids)
     print(f"scoring {args.plan} with the {args.evaluator} evaluator at {args.fidelity} fidelity", file=sys.stderr)
     result = evaluator.evaluate(plan, args.fidelity)
     if args.json:
@@ -177,25 +178,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for name, value in result.metrics.items():
             print(f"{name}: {value:.6f}")
     return 0
-
-
-def _settings_from(cls: Any, assignments: Sequence[str]) -> Any:
-    """An evaluator settings dataclass with ``KEY=VALUE`` overrides, each converted to the field's type."""
-    import dataclasses
-
-    defaults = cls()
-    fields = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {item!r}: allowed: KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        try:
-            values[key] = fields[key](raw)
-        except ValueError:
-            kind = {int: "an integer", float: "a number"}.get(fields[key], fields[key].__name__)
-            raise ValueError(f"--set {key}={raw!r}: must be {kind}") from None
-    return dataclasses.replace(defaults, **values)
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:

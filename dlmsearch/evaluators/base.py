@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dlmsearch.plan import Plan
 
@@ -51,3 +54,21 @@ def check_fidelity(fidelity: str) -> str:
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity={fidelity!r}; allowed: {', '.join(FIDELITIES)}")
     return fidelity
+
+
+def settings_with(cls: Any, assignments: Sequence[str]) -> Any:
+    """``cls()`` (an evaluator settings dataclass) with ``KEY=VALUE`` overrides, each converted to the
+    field's type; a ValueError names a bad key or value and what is allowed."""
+    defaults = cls()
+    types = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: allowed: KEY=VALUE with KEY one of {', '.join(sorted(types))}")
+        try:
+            values[key] = types[key](raw)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(types[key], types[key].__name__)
+            raise ValueError(f"--set {key}={raw!r}: must be {kind}") from None
+    return dataclasses.replace(defaults, **values)
