@@ -27,7 +27,10 @@ neighbour does not).
 
 Predictions: (a) datasheet-only: the analytic model on the ``x86-avx512-laptop`` spec;
 (b) calibrated: the same analytic model on a profile measured in this run just before the timings
-(``measure_profile`` over the model's shapes at M/4 .. 2M); (c) quick profile: the profile
+(``measure_profile`` over the model's shapes at M/4 .. 2M); (b') interleaved: the same profile
+measured once before each timing round (``rounds`` passes spread over the rounds of every chunk)
+and merged (``merge_profiles``: each sample's median over the passes), so that the profile sees the
+machine in the states the timings saw, not a snapshot of its speed at the start; (c) quick profile: the profile
 ``hardware: local`` measures (:data:`QUICK_TOKEN_COUNTS`, few rounds). The analytic model is built
 as the search builds it (dense dtype and kernels follow the target). Reported per model: MAPE,
 Kendall tau and Spearman rho of predicted vs measured latency (and Kendall's tau-a over the pairs
@@ -55,7 +58,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +66,7 @@ import torch
 from scipy import stats
 
 from dlmsearch.compress.apply import apply_plan_
-from dlmsearch.cost_models import AnalyticCostModel, load_hardware, measure_profile
+from dlmsearch.cost_models import AnalyticCostModel, HardwareSpec, load_hardware, measure_profile, merge_profiles
 from dlmsearch.cost_models.measured import (
     generate_call,
     peak_rss_bytes,
@@ -194,15 +197,17 @@ def _compressed(w: Workload, plan: Plan) -> DLMAdapter:
     return model
 
 
-def time_plans(w: Workload, plans: Sequence[Plan],
-               rounds: int) -> tuple[list[float], list[float], list[int], list[list[float]]]:
+def time_plans(w: Workload, plans: Sequence[Plan], rounds: int,
+               before_round: Callable[[int, int], object] | None = None,
+               ) -> tuple[list[float], list[float], list[int], list[list[float]]]:
     """(median ms, drift-corrected ms, held tensor bytes, ms of every round) per Plan, interleaved with the
-    dense model."""
+    dense model. ``before_round(index, total)`` runs before each round of each chunk of Plans."""
     dense_run = generate_call(w.adapter, plans[0].sampler, w.prompt_length)
     raw: list[list[float]] = [[] for _ in plans]
     relative: list[list[float]] = [[] for _ in plans]
     dense_all: list[float] = []
     held = [0] * len(plans)
+    total = -(-len(plans) // w.chunk) * rounds
     for start in range(0, len(plans), w.chunk):
         chunk = list(range(start, min(start + w.chunk, len(plans))))
         models = {i: _compressed(w, plans[i]) for i in chunk}
@@ -211,6 +216,8 @@ def time_plans(w: Workload, plans: Sequence[Plan],
             runs[i]()  # warm-up: packs kernel operands, fills dequantized caches
         dense_steps = plans[0].sampler.steps
         for r in range(rounds):
+            if before_round is not None:
+                before_round(start // w.chunk * rounds + r, total)
             dense_s = time_call(w.adapter, dense_run) / dense_steps  # per step: Plans differ in steps
             dense_all.append(dense_s)
             order = random.Random(r).sample(chunk, len(chunk))  # a new order each round: load drifts
@@ -268,9 +275,18 @@ def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[s
     linears = w.adapter.linears()
     m = w.prompt_length + w.gen_length
     start = time.perf_counter()
-    profile = measure_profile(w.adapter.shape, linears, token_counts=(max(1, m // 4), m // 2, m, 2 * m),
-                              reps=5, min_seconds=0.5, progress=False)
+
+    def measure() -> HardwareSpec:
+        return measure_profile(w.adapter.shape, linears, token_counts=(max(1, m // 4), m // 2, m, 2 * m),
+                               reps=5, min_seconds=0.5, progress=False)
+
+    profile = measure()
     print(f"{w.name}: profile in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    passes: list[HardwareSpec] = []
+
+    def profile_pass(index: int, total: int) -> None:  # `rounds` passes spread over the timing rounds
+        if index % max(1, total // rounds) == 0 and len(passes) < rounds:
+            passes.append(measure())
     start = time.perf_counter()  # what `hardware: local` measures (local_profile(quick=True))
     quick = measure_profile(w.adapter.shape, linears, token_counts=QUICK_TOKEN_COUNTS, reps=3, min_seconds=0.15,
                             progress=False)
@@ -284,17 +300,19 @@ def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[s
     local = [c.latency_ms for c in model.cost_many(plans, quick)]
     memory = runtime.cost_many(plans, profile)
     start = time.perf_counter()
-    measured, corrected, held, per_round = time_plans(w, plans, rounds)
+    measured, corrected, held, per_round = time_plans(w, plans, rounds, profile_pass)
     print(f"{w.name}: {len(plans)} Plans timed in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    interleaved = [c.latency_ms for c in model.cost_many(plans, merge_profiles(w.adapter.shape, linears, passes))]
     figures: dict[str, float] = {"plans": len(plans), "tokens_per_step": m, "rounds": rounds,
                                  "measured_ms_min": min(measured), "measured_ms_max": max(measured),
                                  "measured_round_to_round_kendall": round_to_round_kendall(per_round)}
-    for label, predicted in (("datasheet", datasheet), ("calibrated", calibrated), ("quick_profile", local)):
+    for label, predicted in (("datasheet", datasheet), ("calibrated", calibrated), ("interleaved", interleaved),
+                             ("quick_profile", local)):
         for target, values in (("raw", measured), ("drift_corrected", corrected)):
             for key, value in accuracy(predicted, values).items():
                 figures[f"{label}_{target}_{key}"] = value
     named = [i for i, label in enumerate(labels) if not label.startswith(("random", "extreme"))]
-    for label, predicted in (("calibrated", calibrated), ("quick_profile", local)):
+    for label, predicted in (("calibrated", calibrated), ("interleaved", interleaved), ("quick_profile", local)):
         errors = [(predicted[i] - measured[i]) / measured[i] * 100 for i in named]
         if errors:
             figures[f"named_{label}_mean_abs_error_pct"] = float(np.mean(np.abs(errors)))
@@ -302,10 +320,11 @@ def run_workload(w: Workload, count: int, rounds: int, rss_plans: int) -> dict[s
     weight_errors = [abs(c.breakdown["weights_bytes"] - h) / h * 100 for c, h in zip(memory, held, strict=True)]
     figures["tensor_bytes_mean_abs_error_pct"] = float(np.mean(weight_errors))
     figures["tensor_bytes_max_abs_error_pct"] = float(np.max(weight_errors))
-    for i, (plan, meas, cor, cal, loc, ds) in enumerate(zip(plans, measured, corrected, calibrated, local, datasheet,
-                                                            strict=True)):
+    for i, (plan, meas, cor, cal, inter, loc, ds) in enumerate(zip(plans, measured, corrected, calibrated, interleaved,
+                                                                   local, datasheet, strict=True)):
         print(f"{w.name} plan {i:2d} steps {plan.sampler.steps:3d}: measured {meas:9.1f} ms (drift-corrected "
-              f"{cor:9.1f})  calibrated {cal:9.1f} ({(cal / meas - 1) * 100:+5.1f}%)  quick profile {loc:9.1f} "
+              f"{cor:9.1f})  calibrated {cal:9.1f} ({(cal / meas - 1) * 100:+5.1f}%)  interleaved {inter:9.1f} "
+              f"({(inter / meas - 1) * 100:+5.1f}%)  quick profile {loc:9.1f} "
               f"({(loc / meas - 1) * 100:+5.1f}%)  datasheet {ds:8.2f}  held {held[i] / 2**20:7.1f} MiB  "
               f"predicted {memory[i].breakdown['weights_bytes'] / 2**20:7.1f} MiB  [{labels[i]}]", file=sys.stderr)
     rss_errors = []

@@ -10,8 +10,8 @@ from dlmsearch.cost_models.hardware_spec import (
     spec_from_dict,
 )
 from dlmsearch.cost_models.measured import MeasuredCostModel, tensor_bytes, time_generate
-from dlmsearch.cost_models.profile import local_profile, measure_profile, resolve_hardware
+from dlmsearch.cost_models.profile import local_profile, measure_profile, merge_profiles, resolve_hardware
 
 __all__ = ["LAYOUTS", "AnalyticCostModel", "BaseCostModel", "CostResult", "HardwareSpec", "HardwareSpecError",
            "MeasuredCostModel", "WeightLayout", "list_hardware", "load_hardware", "local_profile", "measure_profile",
-           "resolve_hardware", "spec_from_dict", "tensor_bytes", "time_generate"]
+           "merge_profiles", "resolve_hardware", "spec_from_dict", "tensor_bytes", "time_generate"]

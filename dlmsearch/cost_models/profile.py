@@ -596,6 +596,47 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
         profile=info)
 
 
+def merge_profiles(shape: ModelShape, linears: Sequence[LinearInfo], passes: Sequence[HardwareSpec],
+                   device: torch.device | str = "cpu") -> HardwareSpec:
+    """One profile from several passes of :func:`measure_profile` over the same shapes, calibrated again.
+
+    Each sample's time is the median of its times over the passes, and so are the peaks, the
+    bandwidth and the overheads. A profile is a snapshot of a machine whose speed drifts; passes
+    measured at different moments (e.g. between the rounds of the timings it is meant to predict)
+    describe the same machine state distribution as those timings.
+    """
+    if not passes:
+        raise ValueError("passes: need at least one measured profile to merge")
+    infos = [spec.profile for spec in passes]
+    for index, info in enumerate(infos):
+        if info.get("format") != PROFILE_FORMAT or not info.get("samples"):
+            raise ValueError(f"passes[{index}]: {passes[index].name} is not a measured profile with samples")
+        if info.get("model_shape") != shape.fingerprint:
+            raise ValueError(f"passes[{index}]: measured for model shape {info.get('model_shape')}, "
+                             f"not {shape.fingerprint}")
+    times: dict[tuple[str, tuple[int, ...], int], list[float]] = {}
+    counts: dict[tuple[str, tuple[int, ...], int], int] = {}
+    for info in infos:
+        for part, key, count, tokens, median_ms, _spread, _rounds in info["samples"]:
+            entry = (str(part), tuple(int(k) for k in key), int(tokens))
+            times.setdefault(entry, []).append(float(median_ms) / 1e3)
+            counts[entry] = int(count)
+    samples = [Sample(part, key, counts[(part, key, tokens)], tokens, statistics.median(values),
+                      (max(values) - min(values)) / statistics.median(values) if statistics.median(values) > 0 else 0.0,
+                      len(values))
+               for (part, key, tokens), values in times.items() if len(values) == len(passes)]
+    peaks = {dtype: statistics.median(spec.peak_flops[dtype] for spec in passes) for dtype in passes[0].peak_flops}
+    overheads = [info["quantized_overhead_us"] / 1e6 for info in infos if "quantized_overhead_us" in info]
+    formats = [fmt for fmt in available_formats(device) if any(s.part == fmt for s in samples)]
+    bandwidth = statistics.median(spec.memory_bandwidth_bytes_per_s for spec in passes)
+    launch = statistics.median(spec.launch_overhead_s for spec in passes)
+    spec = calibrate(shape, linears, samples, peaks, bandwidth, torch.device(device), formats,
+                     int(infos[0]["probe_vocab"]), launch, statistics.median(overheads) if overheads else None)
+    info = dict(spec.profile)
+    info.update(passes=len(passes), seconds=round(sum(float(i.get("seconds", 0.0)) for i in infos), 1))
+    return replace(spec, profile=info)
+
+
 # ---------------------------------------------------------------- cache and the public API
 
 

@@ -21,6 +21,7 @@ from dlmsearch.cost_models import (
     analytic,
     load_hardware,
     measure_profile,
+    merge_profiles,
     resolve_hardware,
     spec_from_dict,
     tensor_bytes,
@@ -49,6 +50,34 @@ def test_profile_is_a_spec_that_round_trips_through_yaml(tiny_profile: HardwareS
         assert [m for m, _ in curve.points] == [1.0, 8.0] and all(e > 0 for _, e in curve.points)
     loaded = load_hardware(tiny_profile.save(tmp_path / "profile.yaml"))
     assert loaded == tiny_profile
+
+
+def _scaled(spec: HardwareSpec, factor: float) -> HardwareSpec:
+    """The same profile as if every sample had taken ``factor`` times as long."""
+    info = dict(spec.profile)
+    info["samples"] = [[*row[:4], row[4] * factor, *row[5:]] for row in info["samples"]]
+    return replace(spec, profile=info)
+
+
+def test_merged_profile_takes_each_samples_median_over_the_passes(tiny_profile: HardwareSpec) -> None:
+    adapter = build_random_model("llama", **TINY)
+    shape, linears = adapter.shape, adapter.linears()
+    same = merge_profiles(shape, linears, [tiny_profile, tiny_profile])
+    def etas(spec: HardwareSpec, part: str) -> list[float]:
+        return [e for _, e in spec.format_efficiency[part].points]
+
+    for part in tiny_profile.format_efficiency:
+        assert etas(same, part) == pytest.approx(etas(tiny_profile, part))
+    assert same.profile["passes"] == 2
+    slow, fast = _scaled(tiny_profile, 3.0), _scaled(tiny_profile, 0.5)
+    middle = merge_profiles(shape, linears, [slow, tiny_profile, fast])  # the median pass is the original
+    assert etas(middle, "fp32") == pytest.approx(etas(tiny_profile, "fp32"))
+    slower = merge_profiles(shape, linears, [slow, slow, tiny_profile])
+    assert all(e < e0 for e, e0 in zip(etas(slower, "fp32"), etas(tiny_profile, "fp32"), strict=True))
+    with pytest.raises(ValueError, match="passes"):
+        merge_profiles(shape, linears, [])
+    with pytest.raises(ValueError, match=r"passes\[0\].*not a measured profile"):
+        merge_profiles(shape, linears, [load_hardware("x86-avx512-laptop")])
 
 
 def test_old_specs_without_profile_fields_stay_valid() -> None:
