@@ -6,8 +6,9 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --seed 1 --plans 24 --full-repeat --dump runs/tune.json
     .venv/bin/python bench/proxy_fidelity.py --quick            # 8 Plans, smaller evaluators
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0.5 0.1667 --low-weights 0 0.1667
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0 0.1667 0.5  # traj., step, infill
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=1   # the proxy's own noise
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=0 --variant-dump runs/v.json
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import random
 import sys
@@ -61,7 +63,8 @@ BITS = (2, 3, 4, 8, 16)
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 METHODS = ("magnitude", "wanda", "sink_wanda")
 STEPS = (8, 16, 32, 64)
-QUICK_PROXY = ProxySettings(windows=8, low_fidelity_windows=2, trajectory_prompts=2, calibration_sequences=8)
+QUICK_PROXY = ProxySettings(windows=4, low_fidelity_windows=2, unconditional_rows=2, infill_windows=4,
+                            calibration_sequences=8)
 QUICK_FULL = FullSettings(infill_windows=8, prompts=2, unconditional=2, calibration_sequences=8)
 
 
@@ -101,30 +104,33 @@ def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = 1 / 3
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
 
-def rescored(rows: list[dict[str, float]], trajectory_weight: float, step_weight: float,
-             fidelity: str = "proxy") -> list[float]:
-    """The proxy's score recomputed from its dumped parts with other weights (the score is linear in them)."""
+def rescored(rows: list[dict[str, float]], weights: tuple[float, float, float], fidelity: str = "proxy") -> list[float]:
+    """The proxy's score recomputed from its dumped parts with other (trajectory, step, infill) weights (the
+    score is linear in them; a part the dump lacks counts 0)."""
+    trajectory, step, infill = weights
+
     def free(row: dict[str, float]) -> float:
         return row.get(f"{fidelity}.free_gap", row[f"{fidelity}.steps_unconditional_gap"])
 
-    return [row[f"{fidelity}.kl"] + trajectory_weight * row[f"{fidelity}.trajectory"]
-            + step_weight * max(0.0, free(row)) for row in rows]
+    return [row[f"{fidelity}.kl"] + trajectory * row[f"{fidelity}.trajectory"] + step * max(0.0, free(row))
+            + infill * (1.0 - row.get(f"{fidelity}.infill_agreement", 1.0)) for row in rows]
 
 
-TRAJECTORY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-STEP_WEIGHTS = (0.0, 1 / 6, 1 / 3, 2 / 3, 1.0, 2.0)
+TRAJECTORY_WEIGHTS = (0.0, 0.5, 1.0)
+STEP_WEIGHTS = (0.0, 1 / 6, 1 / 3, 2 / 3, 1.0)
+INFILL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The (trajectory_weight, step_weight) of the grid whose rescored proxy (and low fidelity) ranks like
+    """The (trajectory, step, infill) weights of the grid whose rescored proxy (and low fidelity) ranks like
     the full evaluator best."""
     full = [row["full"] for row in rows]
     figures = {}
     for fidelity, prefix in (("proxy", "tuned"), ("low", "tuned_low")):
-        rho, tw, sw = max((spearman(rescored(rows, tw, sw, fidelity), full), tw, sw)
-                          for tw in TRAJECTORY_WEIGHTS for sw in STEP_WEIGHTS)
-        figures |= {f"{prefix}_trajectory_weight": tw, f"{prefix}_step_weight": sw,
-                    f"{prefix}_spearman_{fidelity}_full": rho}
+        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w)
+                           for w in itertools.product(TRAJECTORY_WEIGHTS, STEP_WEIGHTS, INFILL_WEIGHTS))
+        figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_step_weight": weights[1],
+                    f"{prefix}_infill_weight": weights[2], f"{prefix}_spearman_{fidelity}_full": rho}
     return figures
 
 
@@ -156,23 +162,41 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     return figures
 
 
-def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[str]) -> dict[str, float]:
-    """The dump's Plans (regenerated from ``seed``) scored by a proxy variant: its rank correlation with the
-    dumped full scores and with the dumped proxy (``variant_spearman_proxy``: the proxy's own noise when
-    the variant only changes ``seed``)."""
+def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[str],
+                    dump: Path | None = None) -> dict[str, float]:
+    """The dump's Plans (regenerated from ``seed``) scored by a proxy variant at both fidelities: rank
+    correlations with the dumped full scores and with the dumped proxy (``variant_spearman_proxy``: the
+    proxy's own noise when the variant only changes ``seed``). ``dump`` receives the variant's metrics."""
     adapter = load_model()
     rng = random.Random(seed)
     plans = [random_plan(adapter, rng) for _ in rows]
     variant = ProxyEvaluator(adapter, settings_with(ProxySettings, assignments))
     defaults = ProxySettings()  # the dumped Plans' compressed models: a variant changes the measurement only
     variant.compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
-    start = time.perf_counter()
-    scores = [variant.evaluate(plan).score for plan in tqdm(plans, desc="variant", file=sys.stderr)]
-    figures = {"variant_seconds_per_plan": (time.perf_counter() - start) / len(plans),
-               "variant_spearman_full": spearman(scores, [row["full"] for row in rows]),
-               "variant_spearman_proxy": spearman(scores, [row["proxy"] for row in rows])}
+    scored: list[dict[str, float]] = []
+    seconds = {"proxy": 0.0, "low": 0.0}
+    for plan in tqdm(plans, desc="variant", file=sys.stderr):
+        row: dict[str, float] = {}
+        for fidelity, name in (("low", "low"), ("full", "proxy")):
+            variant.compressor.clear()  # every timing includes the Plan's compression
+            start = time.perf_counter()
+            result = variant.evaluate(plan, fidelity)
+            seconds[name] += time.perf_counter() - start
+            row[name] = result.score
+            row.update({f"{name}.{key}": value for key, value in result.metrics.items()})
+        scored.append(row)
+        if dump is not None:
+            dump.write_text(json.dumps({"seed": seed, "variant": assignments, "rows": scored}, indent=1))
+    full = [row["full"] for row in rows]
+    figures = {"variant_seconds_per_plan_proxy": seconds["proxy"] / len(plans),
+               "variant_seconds_per_plan_low": seconds["low"] / len(plans),
+               "variant_spearman_proxy_full": spearman([r["proxy"] for r in scored], full),
+               "variant_spearman_low_full": spearman([r["low"] for r in scored], full),
+               "variant_spearman_proxy": spearman([r["proxy"] for r in scored], [row["proxy"] for row in rows])}
     if "full_repeat" in rows[0]:
-        figures["variant_spearman_full_mean"] = spearman(scores, [(r["full"] + r["full_repeat"]) / 2 for r in rows])
+        mean = [(r["full"] + r["full_repeat"]) / 2 for r in rows]
+        figures["variant_spearman_proxy_full_mean"] = spearman([r["proxy"] for r in scored], mean)
+        figures["variant_spearman_low_full_mean"] = spearman([r["low"] for r in scored], mean)
     return figures
 
 
@@ -188,12 +212,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="recompute the correlations from a --dump file instead of scoring Plans")
     parser.add_argument("--tune", action="store_true",
                         help="with --from-dump: grid-search the proxy's trajectory and step weights on that dump")
-    parser.add_argument("--weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
+    parser.add_argument("--weights", type=float, nargs=3, metavar=("TRAJECTORY", "STEP", "INFILL"), default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
     parser.add_argument("--variant", nargs="+", metavar="KEY=VALUE", default=None,
                         help="with --from-dump: rescore the dump's Plans with the proxy under these ProxySettings "
                              "(e.g. unconditional_rows=4 or seed=1) against the dumped full scores")
-    parser.add_argument("--low-weights", type=float, nargs=2, metavar=("TRAJECTORY", "STEP"), default=None,
+    parser.add_argument("--variant-dump", type=Path, default=None,
+                        help="with --variant: write the variant's metrics per Plan to this JSON file")
+    parser.add_argument("--low-weights", type=float, nargs=3, metavar=("TRAJECTORY", "STEP", "INFILL"), default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
@@ -203,21 +229,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if args.tune:
             figures.update(tuned_weights(rows))
         if args.weights:
-            tw, sw = args.weights
-            low_tw, low_sw = args.low_weights or args.weights
+            weights = tuple(args.weights)
             full = [row["full"] for row in rows]
-            low = rescored(rows, low_tw, low_sw, "low")
-            figures.update({"weights_trajectory": tw, "weights_step": sw,
-                            "weights_spearman_proxy_full": spearman(rescored(rows, tw, sw), full),
-                            "weights_kendall_proxy_full": kendall(rescored(rows, tw, sw), full),
+            proxy = rescored(rows, weights)
+            low = rescored(rows, tuple(args.low_weights or args.weights), "low")
+            figures.update({"weights_trajectory": weights[0], "weights_step": weights[1], "weights_infill": weights[2],
+                            "weights_spearman_proxy_full": spearman(proxy, full),
+                            "weights_kendall_proxy_full": kendall(proxy, full),
                             "weights_spearman_low_full": spearman(low, full),
                             "weights_kendall_low_full": kendall(low, full)})
             if "full_repeat" in rows[0]:
                 mean = [(row["full"] + row["full_repeat"]) / 2 for row in rows]
-                figures["weights_spearman_proxy_full_mean"] = spearman(rescored(rows, tw, sw), mean)
+                figures["weights_spearman_proxy_full_mean"] = spearman(proxy, mean)
                 figures["weights_spearman_low_full_mean"] = spearman(low, mean)
         if args.variant:
-            figures.update(variant_figures(rows, int(dumped["seed"]), args.variant))
+            figures.update(variant_figures(rows, int(dumped["seed"]), args.variant, args.variant_dump))
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures

@@ -101,7 +101,7 @@ def test_evaluate_scores_a_plan_with_either_evaluator(tmp_path: Path, capsys: py
     assert full["evaluator"] == "full" and full["fidelity"] == "full" and full["score"] > 0
     assert 0.0 <= full["metrics"]["agreement"] < 1.0 and "gen_nelbo" in full["metrics"]
     assert main(["evaluate", str(plan_path), "--evaluator", "proxy", "--fidelity", "low", "--set", "windows=2",
-                 "--set", "low_fidelity_windows=1", "--set", "trajectory_prompts=1",
+                 "--set", "low_fidelity_windows=1", "--set", "low_fidelity_infill_windows=1",
                  "--set", "calibration_sequences=2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("score: ") and "\nkl: " in out

@@ -40,10 +40,11 @@ import torch
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
+from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
-from dlmsearch.models.sampler import generate, infill
+from dlmsearch.models.sampler import generate
 from dlmsearch.plan import Plan, SamplerSettings
 
 logger = logging.getLogger("dlmsearch.evaluators.full")
@@ -106,7 +107,7 @@ class FullEvaluator(BaseEvaluator):
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         self.windows = eval_windows(ids, length, max(s.infill_windows, s.prompts), s.window_phase)
-        self.infill_masks = span_masks(self.windows.shape, s.infill_spans, s.infill_span, self.seed)
+        self.infill_task = InfillTask.with_spans(self.windows, s.infill_spans, s.infill_span, self.seed)
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
                                          self.settings.seed)
         self._dense_cache: dict[tuple[int, int, str], _Measured] = {}
@@ -125,18 +126,6 @@ class FullEvaluator(BaseEvaluator):
     def seed(self) -> int:
         """The seed of every draw (generations, NELBO masks, infill spans): ``settings.seed + FULL_SEED_OFFSET``."""
         return self.settings.seed + FULL_SEED_OFFSET
-
-    @torch.no_grad()
-    def infill(self, model: DLMAdapter, passes_per_token: float, block_length: int, windows: int) -> torch.Tensor:
-        """The characters ``model`` restores at the masked spans of the first ``windows`` windows,
-        (windows, masked per window): filled in blocks of ``block_length`` masked positions with
-        ``passes_per_token`` passes per token."""
-        batch, masked = self.windows[:windows], self.infill_masks[:windows]
-        count = int(masked[0].sum())
-        blocks = -(-count // block_length)
-        steps = blocks * max(1, round(count * passes_per_token / blocks))
-        filled = infill(model, batch, masked, steps, block_length=block_length).cpu()
-        return filled[masked].view(windows, count)
 
     @torch.no_grad()
     def generations(self, model: DLMAdapter, sampler: SamplerSettings, prompts: int,
@@ -162,9 +151,8 @@ class FullEvaluator(BaseEvaluator):
         tokens = self.generations(model, sampler, prompts, free)
         nelbo = evaluate_nelbo(self.dense.forward_logits, tokens, self.dense.mask_token_id, seed=self.seed,
                                repeats=self.settings.nelbo_repeats, batch_size=64)
-        infilled = self.infill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
-        truth = self.windows[:windows][self.infill_masks[:windows]].view_as(infilled)
-        accuracy = float((infilled == truth).float().mean())
+        infilled = self.infill_task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
+        accuracy = float((infilled == self.infill_task.truth(windows)).float().mean())
         return _Measured(tokens, infilled, accuracy, nelbo, distinct_ngrams(tokens))
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str) -> _Measured:
@@ -191,21 +179,3 @@ class FullEvaluator(BaseEvaluator):
                    "dense_infill_accuracy": dense.infill_accuracy,
                    "dense_gen_nelbo": dense.nelbo, "dense_gen_diversity": dense.diversity}
         return QualityResult(score, metrics, fidelity)
-
-
-def span_masks(shape: torch.Size | tuple[int, int], spans: int, span: int, seed: int) -> torch.Tensor:
-    """(B, L) masks with ``spans`` non-overlapping spans of ``span`` positions per row at seeded places.
-
-    Each row is cut into ``spans`` equal segments (the first and last position excluded) and one
-    span is placed at a random offset inside each segment.
-    """
-    rows, length = shape
-    segment = (length - 2) // max(spans, 1)
-    if spans < 1 or span < 1 or span > segment:
-        raise ValueError(f"infill_spans={spans} x infill_span={span}: must be >= 1 and fit a window of "
-                         f"{length} tokens ({segment} positions per span at most)")
-    generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(0, segment - span + 1, (rows, spans), generator=generator)
-    starts = 1 + torch.arange(spans) * segment + offsets  # (rows, spans)
-    positions = (starts[..., None] + torch.arange(span)).view(rows, -1)
-    return torch.zeros(rows, length, dtype=torch.bool).scatter_(1, positions, True)

@@ -1,54 +1,53 @@
-"""The fast proxy: divergence from the dense model at fixed masked states, plus a trajectory term.
+"""The fast proxy: divergence from the dense model at fixed masked states, plus generation terms.
 
-Score of a Plan (nats per token, lower is better, 0 for the dense model)::
+Score of a Plan (nats per token and shares of characters, lower is better, 0 for the dense model)::
 
-    score = KL + trajectory_weight * trajectory + step_weight * max(0, free_gap)
+    score = KL + step_weight * max(0, free_gap) + infill_weight * (1 - infill_agreement)
+            [+ trajectory_weight * trajectory, with trajectory_prompts > 0]
 
-with ``trajectory_weight = 1`` and ``step_weight = 1/3`` (the free rows' share of the full
-evaluator's generations was the first reasoning; weights tuned on 24 random Plans, 0.5 and 1/6,
-ranked no better on another 40: 0.84 vs 0.85, so the defaults stay).
+with ``step_weight = 1/3`` and ``infill_weight = 1/2`` (the full evaluator's weight of its own
+agreement term). What each term sees, and why (figures: bench/RESULTS.md):
 
 - ``KL``: mean over the masked positions of every masked state of KL(dense || compressed). The
   states are held-out windows masked at stratified mask ratios t (seeded). A state with mask ratio
   t sits at denoising progress 1 - t, so it is scored with the precision the Plan gives that
   timestep group (:func:`~dlmsearch.compress.force_timestep_group`). States run in fixed batches
   of ``batch_size`` sorted by mask ratio (one forward per batch and distinct group precision; the
-  dense reference uses the same batches, so the dense Plan scores exactly 0). The metric
-  ``kl_state`` is the same KL averaged per state instead of per position (diagnostic).
-- ``trajectory``: the step count only shows in generation. A few prompts (held-out text) are
-  completed with the Plan's sampler settings by the compressed model and, once and cached, by the
-  dense model at one token per step. Then
-  ``trajectory = max(0, NELBO_dense(plan output) - NELBO_dense(dense output)) + 0.5 * (1 - agreement)``
-  where NELBO_dense is the dense model's masked-diffusion NELBO of the completed sequence (seeded
-  masks; a generation the dense model finds unlikely costs) and ``agreement`` is the share of
-  generated tokens equal to the dense generation's. The ``max(0, .)`` keeps degenerate, repetitive
-  text (which can score a lower NELBO) from earning a bonus.
+  dense reference uses the same batches, so the dense Plan scores exactly 0). ``kl_state`` is the
+  same KL averaged per state instead of per position (diagnostic). The KL sees compression but not
+  the step count, and ranks Plans poorly alone (Spearman 0.35-0.55 with the full evaluator): 8
+  windows rank as well as 32, so 8 is the default.
+- ``free_gap``: what the step count and the compression do to free text together: the dense
+  model's masked-diffusion NELBO of ``unconditional_rows`` free generations (temperature 1, the
+  Plan's steps and precision) of the compressed model, minus that of the dense model's free
+  generations at one token per step under the same seed (cached). Few steps and heavy compression
+  show here first; the full evaluator's generative NELBO is the largest part of its score.
+- ``infill_agreement``: ``infill_spans`` spans of ``infill_span`` characters in each of
+  ``infill_windows`` windows are filled by the compressed model with the Plan's passes per token
+  and block length (:class:`~dlmsearch.evaluators.infill_task.InfillTask`); the share of
+  characters equal to the dense model's fill at one pass per token (cached). Filling is greedy, so
+  this term carries no sampling noise; it is the full evaluator's agreement measurement on the
+  proxy's own windows and seeds.
+- ``trajectory`` (off by default): ``trajectory_prompts`` prompts (held-out text) completed with
+  the Plan's sampler settings by the compressed model and, once and cached, by the dense model at
+  one token per step; ``max(0, NELBO_dense(plan output) - NELBO_dense(dense output)) + 0.5 * (1 -
+  agreement)`` with ``agreement`` the share of generated tokens equal to the dense generation's.
+  Greedy completions diverge after one differing token, so this term was mostly noise (it added
+  nothing measurable once the infill term was in) and costs the most.
 
-``fidelity="low"`` scores the first ``low_fidelity_windows`` windows (their own stratified grid of
-mask ratios), ``low_fidelity_prompts`` prompts and ``low_fidelity_free_rows`` free rows; ``"full"``
-all windows, ``trajectory_prompts`` prompts and ``unconditional_rows`` free rows. By default the
-low fidelity generates nothing: masked KL on 8 windows plus the cached dense step term
-(``steps_unconditional_gap`` below), a few times cheaper than one generated row and as
-rank-consistent (Spearman 0.70 and 0.71 with the full evaluator on two sets of random Plans, where
-one prompt and one free row gave 0.69 and 0.83: a single sampled row is mostly noise).
+``fidelity="low"`` measures on fewer rows: ``low_fidelity_windows`` KL windows (their own stratified
+grid of mask ratios when fewer than ``windows``), ``low_fidelity_free_rows`` free rows and
+``low_fidelity_infill_windows`` infill windows. With ``low_fidelity_free_rows: 0`` the free gap is
+replaced by ``steps_unconditional_gap``: what the Plan's step count alone costs the dense model
+(the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs one token per
+step; Plan-independent and cached, so the low fidelity then generates nothing), which treats the
+step damage as additive to the compression damage and ranks worse. ``steps_prompted_gap`` (the
+same for greedy prompted rows) is a diagnostic: few steps give repetitive text the model finds
+*likely*, so prompted rows do not show the step damage.
 
-- ``steps_unconditional_gap``: what the Plan's step count alone costs the dense model: the NELBO
-  gap of its own unconditional generations (temperature 1, ``step_rows`` rows) at the Plan's steps
-  vs one token per step. Greedy prompted rows do not show it (few steps give repetitive text the
-  model finds *likely*), sampled free text does (+1.3 nats/char at 8 vs 64 steps on the embedded
-  model). It depends on the sampler settings only, so it is computed once per setting and cached;
-  it treats the step damage as additive to the compression damage. ``steps_prompted_gap`` is
-  kept as a diagnostic.
-
-- ``free_gap`` (``unconditional_rows`` > 0, the default): the same measurement on the compressed
-  model itself: ``unconditional_rows`` free generations (temperature 1, the Plan's steps and
-  precision; one row at low fidelity) scored by the dense NELBO, minus that of the dense model's
-  free generations at one token per step (cached). It sees the step count and the compression
-  together, as the full evaluator's generations do (free text is where few steps and heavy
-  compression show). With ``unconditional_rows: 0`` the score uses the Plan-independent
-  ``steps_unconditional_gap`` instead (it ranked 24 tuning Plans at 0.71 vs 0.89).
-
-Dense reference outputs are cached on disk (:mod:`dlmsearch.evaluators.reference`).
+Every random draw has its own seed offset from ``seed`` (free rows, NELBO masks, infill spans),
+and the full evaluator draws with others and on other windows: the two share no noise. Dense
+reference outputs are cached on disk (:mod:`dlmsearch.evaluators.reference`).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ import torch
 from dlmsearch.compress import CalibrationSet, force_timestep_group
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
+from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_digest
 from dlmsearch.models.adapters import DLMAdapter
@@ -76,25 +76,31 @@ AGREEMENT_WEIGHT = 0.5
 #: their own (the full evaluator draws with offset 100), so no two measurements share noise.
 FREE_SEED_OFFSET = 1
 NELBO_SEED_OFFSET = 2
+INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 2
+REFERENCE_VERSION = 3
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     """What the proxy measures on; every field enters the reference cache key."""
 
-    windows: int = 32  # held-out windows at full fidelity
+    windows: int = 8  # held-out windows of the masked KL at full fidelity
     window_length: int = 128
     repeats: int = 4  # masked states per window, at stratified mask ratios
     low_fidelity_windows: int = 8
     low_fidelity_prompts: int = 0  # prompted trajectory rows at low fidelity (0: no trajectory term)
     low_fidelity_free_rows: int = 0  # free rows at low fidelity (0: the cached dense step term instead)
-    trajectory_prompts: int = 4
+    low_fidelity_infill_windows: int = 0  # infill windows at low fidelity (0: no infill term)
+    trajectory_prompts: int = 0  # prompted trajectory rows (0: no trajectory term)
     prompt_length: int = 32
     trajectory_weight: float = 1.0
     step_weight: float = 1 / 3  # weight of the free-generation gap (or of the dense step term)
-    unconditional_rows: int = 2  # sampled free rows of the compressed model (0: the dense step term instead)
+    unconditional_rows: int = 4  # sampled free rows of the compressed model (0: the dense step term instead)
+    infill_windows: int = 8  # windows whose spans the compressed model fills (0: no infill term)
+    infill_span: int = 6
+    infill_spans: int = 4  # spans per infill window
+    infill_weight: float = 0.5  # the full evaluator's weight of its agreement term
     calibration_sequences: int = 32
     seed: int = 0
     split: str = "evaluation"
@@ -168,9 +174,13 @@ class ProxyEvaluator(BaseEvaluator):
         s = self.settings
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
-        self.windows = eval_windows(ids, length, s.windows)
-        self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed,
+        infill_windows = max(s.infill_windows, s.low_fidelity_infill_windows)
+        count = max(s.windows, infill_windows, s.trajectory_prompts, s.low_fidelity_prompts, s.step_rows)
+        self.windows = eval_windows(ids, length, count)  # KL states, infill spans and prompts all come from these
+        self.states = build_masked_states(self.windows[:s.windows], adapter.mask_token_id, s.repeats, s.seed,
                                           min(s.low_fidelity_windows, s.windows), s.batch_size)
+        self.infill_task = InfillTask.with_spans(self.windows[:infill_windows], s.infill_spans, s.infill_span,
+                                                 s.seed + INFILL_SEED_OFFSET)
         self.model_digest = model_digest(adapter)
         self._reference = self._reference_logprobs()
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
@@ -324,6 +334,22 @@ class ProxyEvaluator(BaseEvaluator):
         best = dataclasses.replace(sampled, steps=sampler.gen_length)
         return {"free_gap": self._nelbo(out) - self._dense_generation(best, empty, seed)[1]}
 
+    @torch.no_grad()
+    def infill_term(self, model: DLMAdapter, sampler: SamplerSettings, windows: int) -> dict[str, float]:
+        """Share of the characters ``model`` fills in the spans of the first ``windows`` infill windows (the
+        Plan's passes per token and block length) equal to the dense model's fill at one pass per token
+        (cached on disk); empty when ``windows`` is 0."""
+        if windows <= 0:
+            return {}
+        key = self._key(kind="infill", infill_count=windows, block_length=sampler.block_length)
+
+        def compute() -> dict[str, torch.Tensor]:
+            return {"filled": self.infill_task.fill(self.dense, 1.0, sampler.block_length, windows)}
+
+        reference = cached_tensors("reference_infills", key, compute)["filled"]
+        filled = self.infill_task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
+        return {"infill_agreement": float((filled == reference).float().mean())}
+
     def step_term(self, sampler: SamplerSettings) -> dict[str, float]:
         """What the Plan's step count costs the dense model itself (Plan-independent, cached on disk).
 
@@ -351,6 +377,8 @@ class ProxyEvaluator(BaseEvaluator):
         kl_parts = self.masked_kl_parts(model, plan, s.low_fidelity_windows if low else s.windows)
         rows = s.low_fidelity_free_rows if low else s.unconditional_rows
         parts = self.trajectory(model, plan, s.low_fidelity_prompts if low else s.trajectory_prompts, rows)
+        parts |= self.infill_term(model, plan.sampler, s.low_fidelity_infill_windows if low else s.infill_windows)
         free = parts.get("free_gap", parts["steps_unconditional_gap"])
-        score = kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + s.step_weight * max(0.0, free)
+        score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + s.step_weight * max(0.0, free)
+                 + s.infill_weight * (1.0 - parts.get("infill_agreement", 1.0)))
         return QualityResult(score, {**kl_parts, **parts}, fidelity)

@@ -40,11 +40,13 @@ ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
-                                       "low_fidelity_prompts", "low_fidelity_free_rows", "trajectory_prompts",
-                                       "prompt_length",
-                                       "trajectory_weight",
-                                       "step_weight", "step_rows", "unconditional_rows", "calibration_sequences",
-                                       "seed")
+                                       "low_fidelity_prompts", "low_fidelity_free_rows", "low_fidelity_infill_windows",
+                                       "trajectory_prompts", "prompt_length", "trajectory_weight", "step_weight",
+                                       "step_rows", "unconditional_rows", "infill_windows", "infill_span",
+                                       "infill_spans", "infill_weight", "calibration_sequences", "seed")
+#: Evaluator settings that may be 0 (a term switched off, or seed 0).
+_ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
+                     "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows")
 
 
 class StudySpecError(ValueError):
@@ -441,11 +443,10 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
     if "settings" in raw:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
-            if key in ("trajectory_weight", "step_weight"):
+            if key in ("trajectory_weight", "step_weight", "infill_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
-                zero_ok = key in ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows")
-                c.integer(f"evaluator.settings.{key}", value, 0 if zero_ok else 1)
+                c.integer(f"evaluator.settings.{key}", value, 0 if key in _ZERO_OK_SETTINGS else 1)
         values["settings"] = {k: v for k, v in settings.items() if k in EVALUATOR_SETTINGS}
     for key in ("data_files", "calibration_files"):
         if key in raw:

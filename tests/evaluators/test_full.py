@@ -7,7 +7,8 @@ import torch
 
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import FullEvaluator, FullSettings
-from dlmsearch.evaluators.full import distinct_ngrams, span_masks
+from dlmsearch.evaluators.full import distinct_ngrams
+from dlmsearch.evaluators.infill_task import span_masks
 from dlmsearch.models.diffusion import eval_windows
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import uniform_plan

@@ -43,9 +43,11 @@ def test_dense_plan_scores_zero_and_damage_costs() -> None:
     evaluator = _evaluator(adapter)
     dense = evaluator.evaluate(_plan(adapter))
     assert dense.score == 0.0 and dense.metrics["trajectory_agreement"] == 1.0
-    w8 = evaluator.evaluate(_plan(adapter, weight_bits=8)).metrics["kl"]
-    w2 = evaluator.evaluate(_plan(adapter, weight_bits=2)).metrics["kl"]
-    assert 0 < w8 < w2
+    assert dense.metrics["infill_agreement"] == 1.0 and dense.metrics["free_gap"] == 0.0
+    w8 = evaluator.evaluate(_plan(adapter, weight_bits=8)).metrics
+    w2 = evaluator.evaluate(_plan(adapter, weight_bits=2)).metrics
+    assert 0 < w8["kl"] < w2["kl"]
+    assert w2["infill_agreement"] < w8["infill_agreement"] <= 1.0
     assert evaluator.evaluate(_plan(adapter, sparsity=0.5, prune_method="wanda")).metrics["kl"] > 0
 
 
@@ -96,10 +98,12 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     assert low.fidelity == "low" and low.score > 0
     # by default nothing is generated at low fidelity: the cached dense step term stands in
     assert low.metrics["trajectory"] == 0.0 and "trajectory_agreement" not in low.metrics
-    assert "free_gap" not in low.metrics and "steps_unconditional_gap" in low.metrics
-    generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_prompts=1, low_fidelity_free_rows=1))
+    assert "free_gap" not in low.metrics and "infill_agreement" not in low.metrics
+    assert "steps_unconditional_gap" in low.metrics
+    generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=1,
+                                                         low_fidelity_infill_windows=1))
     metrics = generating.evaluate(_plan(adapter, weight_bits=2), fidelity="low").metrics
-    assert "trajectory_agreement" in metrics and "free_gap" in metrics
+    assert "free_gap" in metrics and 0.0 <= metrics["infill_agreement"] < 1.0
     with pytest.raises(ValueError, match="fidelity='medium'; allowed: low, full"):
         evaluator.evaluate(_plan(adapter), fidelity="medium")
 

@@ -18,7 +18,8 @@ def test_table_covers_groups_and_timesteps_and_is_cached(tmp_path: Path, monkeyp
     adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
     ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
     calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
-    settings = ProxySettings(windows=4, window_length=32, repeats=3, low_fidelity_windows=4, trajectory_prompts=1)
+    settings = ProxySettings(windows=4, window_length=32, repeats=3, low_fidelity_windows=4, trajectory_prompts=1,
+                             unconditional_rows=1, infill_windows=2, low_fidelity_infill_windows=1)
     evaluator = ProxyEvaluator(adapter, settings, text_ids=ids, calibration=calib)
     table = sensitivity_table(evaluator, bits=(2, 8), sparsities=(0.5,), timestep_groups=2)
     assert sorted(table.layers) == ["block0.attn", "block0.mlp", "block1.attn", "block1.mlp"]

@@ -49,7 +49,7 @@ def tiny_parts() -> tuple[Any, ProxyEvaluator]:
     ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
     calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
     settings = ProxySettings(windows=4, window_length=32, repeats=2, low_fidelity_windows=2, trajectory_prompts=1,
-                             prompt_length=8)
+                             prompt_length=8, unconditional_rows=1, infill_windows=2, low_fidelity_infill_windows=1)
     return adapter, ProxyEvaluator(adapter, settings, text_ids=ids, calibration=calibration)
 
 
