@@ -19,7 +19,7 @@ CPUs; ``--use-kernels`` forces the real low-bit kernels, and prices them) and it
 ``generate`` call timed. Plans are
 timed in interleaved rounds (every Plan once per round, shuffled order; the LLaDA-shaped model in
 chunks of 6 Plans, which is what fits in memory), each round also times the dense model, and the
-figure per Plan is the median over rounds (5; ``measured_round_to_round_kendall`` says how well one
+figure per Plan is the median over rounds (9; ``measured_round_to_round_kendall`` says how well one
 round ranks the Plans like another: the ceiling of any prediction's Kendall tau).
 ``drift-corrected`` divides each time by the dense time of the same round and multiplies by the
 dense median of the whole run (timings on this shared machine drift 2-3x; the ratio to a
@@ -408,14 +408,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--use-kernels", action="store_true",
                         help="apply Plans with real low-bit kernels (default: apply_plan_'s default, which simulates "
                              "on CPUs) and price them so")
-    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per Plan (default 5, quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per Plan (default 9, quick 2)")
     parser.add_argument("--rss-child", nargs=3, metavar=("MODEL", "INDEX", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global USE_KERNELS
     USE_KERNELS = True if args.use_kernels else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 5, 4)
+    count, rounds, rss_plans = (6, 2, 2) if args.quick else (30, 9, 4)
     rounds = args.rounds or rounds
     if args.rss_child:
         name, index, count = args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2])
