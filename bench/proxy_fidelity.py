@@ -31,6 +31,8 @@ Figures (``name: value``):
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
   vs the full evaluator on the pruning-heavy Plans (mean sparsity >= 0.3), the case where
   perplexity is said to mislead; ``spearman_nelbo_full``: plain NELBO on all Plans;
+- ``spearman_full_part_<part>_full``: each term of the full evaluator's score alone (infill accuracy
+  gap, generative NELBO gap, diversity shortfall, infill disagreement) against its whole score;
 - ``seconds_per_plan_proxy`` / ``seconds_per_plan_low`` / ``seconds_per_plan_full``: mean wall
   time per Plan (each including the Plan's compression) and ``full_over_proxy``.
 """
@@ -134,6 +136,14 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
     return figures
 
 
+def full_parts(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """The four terms of the full evaluator's score, per Plan (see ``dlmsearch.evaluators.full``)."""
+    return {"infill": [r["full.dense_infill_accuracy"] - r["full.infill_accuracy"] for r in rows],
+            "gen_nelbo": [max(0.0, r["full.gen_nelbo"] - r["full.dense_gen_nelbo"]) for r in rows],
+            "diversity": [max(0.0, r["full.dense_gen_diversity"] - r["full.gen_diversity"]) for r in rows],
+            "agreement": [1.0 - r["full.agreement"] for r in rows]}
+
+
 def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     """Rank correlations of every proxy variant with the full evaluator (see the module docstring)."""
     column = {key: [row[key] for row in rows] for key in rows[0]}
@@ -152,6 +162,8 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
         "spearman_nelbo_full_pruning": spearman(subset["nelbo"], subset["full"]),
         "spearman_proxy_full_pruning": spearman(subset["proxy"], subset["full"]),
     }
+    for part, values in full_parts(rows).items():  # what the full evaluator's ranking is made of
+        figures[f"spearman_full_part_{part}_full"] = spearman(values, column["full"])
     if "full_repeat" in column:
         figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
         figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])

@@ -52,6 +52,8 @@ def test_resolved_spec_round_trips_through_yaml() -> None:
     ({"study": "s", "storage": "redis://x"}, "storage: 'redis://x'"),
     ({"study": "s", "evaluator": {"fidelity": "medium"}}, "evaluator.fidelity: 'medium'"),
     ({"study": "s", "evaluator": {"settings": {"windows": 0}}}, "evaluator.settings.windows: 0"),
+    ({"study": "s", "evaluator": {"settings": {"infill_windows": -1}}}, "evaluator.settings.infill_windows: -1"),
+    ({"study": "s", "evaluator": {"settings": {"infill_weight": "high"}}}, "evaluator.settings.infill_weight: 'high'"),
     ({"study": "s", "evaluator": {"data_files": ["/no/such/file.txt"]}}, "evaluator.data_files"),
     ({"study": "s", "generation": {"gen_length": "long"}}, "generation.gen_length: 'long'"),
 ])
