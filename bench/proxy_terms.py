@@ -3,7 +3,7 @@
 Reproduce with::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/proxy_terms.py --from-dump runs/pf0_v2.json
-    OMP_NUM_THREADS=1 .venv/bin/python bench/proxy_terms.py --from-dump runs/pf0_v2.json --quick   # first 8 Plans
+    OMP_NUM_THREADS=1 .venv/bin/python bench/proxy_terms.py --from-dump runs/pf0_v2.json --quick   # 4 Plans, fewer rows
 
 The dump (``bench/proxy_fidelity.py --full-repeat --dump``) holds the full evaluator's scores of
 random Plans; the Plans are regenerated from its seed and compressed as the proxy compresses them.
@@ -51,18 +51,19 @@ from dlmsearch.models.loading import load_model  # noqa: E402
 from dlmsearch.models.sampler import generate  # noqa: E402
 from dlmsearch.plan import Plan, SamplerSettings  # noqa: E402
 
-ROWS, WINDOWS, PROMPTS = 4, 8, 8
 ROW_SEED, SPAN_SEED = 11, 7  # not the proxy's seeds
 
 
 class Terms:
     """Measures every candidate term of one Plan (dense references cached per sampler setting)."""
 
-    def __init__(self, adapter: DLMAdapter) -> None:
+    def __init__(self, adapter: DLMAdapter, rows: int = 4, windows: int = 8, prompts: int = 8,
+                 calibration_sequences: int = 32) -> None:
         self.proxy = ProxyEvaluator(adapter)
-        self.proxy.compressor = PlanCompressor(adapter, None, self.proxy.settings.calibration_sequences, 0)
-        self.task = InfillTask.with_spans(self.proxy.windows[:WINDOWS], 4, 6, SPAN_SEED)
-        self.prompts = self.proxy._prompts(PROMPTS, 64)
+        self.proxy.compressor = PlanCompressor(adapter, None, calibration_sequences, 0)
+        self.rows, self.windows = rows, windows
+        self.task = InfillTask.with_spans(self.proxy.windows[:windows], 4, 6, SPAN_SEED)
+        self.prompts = self.proxy._prompts(prompts, 64)
         self.dense: dict[tuple[int, int], dict[str, Any]] = {}
         self.seconds: dict[str, list[float]] = {}
 
@@ -78,13 +79,13 @@ class Terms:
         def run(part: str, fn: Callable[[], Any]) -> Any:
             return self._timed(part, fn) if timed else fn()
 
-        free = run("free_rows", lambda: generate(model, torch.empty(ROWS, 0, dtype=torch.long), seed=ROW_SEED,
+        free = run("free_rows", lambda: generate(model, torch.empty(self.rows, 0, dtype=torch.long), seed=ROW_SEED,
                                                  **dataclasses.asdict(sampled)))
         prompted = run("prompted", lambda: generate(model, self.prompts, seed=ROW_SEED, **dataclasses.asdict(sampler)))
         return {"free": run("free_nelbo", lambda: self.proxy._nelbo(free)),
                 "prompted": prompted, "prompted_nelbo": self.proxy._nelbo(prompted),
                 "infill": run("infill", lambda: self.task.fill(model, sampler.steps / sampler.gen_length,
-                                                               sampler.block_length, WINDOWS))}
+                                                               sampler.block_length, self.windows))}
 
     def _dense(self, sampler: SamplerSettings) -> dict[str, Any]:
         key = (sampler.steps, sampler.block_length)
@@ -97,7 +98,7 @@ class Terms:
     def measure(self, plan: Plan) -> dict[str, float]:
         dense = self._dense(plan.sampler)
         model = self._timed("compress", lambda: self.proxy.compressed(plan))
-        kl = self._timed("kl", lambda: self.proxy.masked_kl(model, plan, WINDOWS))
+        kl = self._timed("kl", lambda: self.proxy.masked_kl(model, plan, self.proxy.settings.windows))
         got = self._outputs(model, plan.sampler, True)
         step_free = dense["plan"]["free"] - dense["best"]["free"]
         step_prompted = dense["plan"]["prompted_nelbo"] - dense["best"]["prompted_nelbo"]
@@ -114,15 +115,17 @@ class Terms:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--from-dump", type=Path, required=True, help="a bench/proxy_fidelity.py --dump file")
-    parser.add_argument("--quick", action="store_true", help="the dump's first 8 Plans")
+    parser.add_argument("--quick", action="store_true",
+                        help="the dump's first 4 Plans, 1 free row, 2 prompts and 2 infill windows, 8 calibration "
+                             "sequences")
     parser.add_argument("--out", type=Path, default=None, help="write every Plan's terms to this JSON file")
     args = parser.parse_args(argv)
     dumped = json.loads(args.from_dump.read_text())
-    rows = dumped["rows"][:8] if args.quick else dumped["rows"]
+    rows = dumped["rows"][:4] if args.quick else dumped["rows"]
     adapter = load_model()
     rng = random.Random(int(dumped["seed"]))
     plans = [random_plan(adapter, rng) for _ in dumped["rows"]][:len(rows)]
-    terms = Terms(adapter)
+    terms = Terms(adapter, 1, 2, 2, 8) if args.quick else Terms(adapter)
     measured = [terms.measure(plan) for plan in tqdm(plans, desc="plans", file=sys.stderr)]
     if args.out is not None:
         args.out.write_text(json.dumps({"seed": dumped["seed"], "terms": measured}, indent=1))
