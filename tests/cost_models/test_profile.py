@@ -66,12 +66,12 @@ def test_merged_profile_takes_each_samples_median_over_the_passes(tiny_profile: 
     def etas(spec: HardwareSpec, part: str) -> list[float]:
         return [e for _, e in spec.format_efficiency[part].points]
 
-    for part in tiny_profile.format_efficiency:
-        assert etas(same, part) == pytest.approx(etas(tiny_profile, part))
+    for part in tiny_profile.format_efficiency:  # provenance keeps overheads to the nanosecond: not bit-exact
+        assert etas(same, part) == pytest.approx(etas(tiny_profile, part), rel=1e-3)
     assert same.profile["passes"] == 2
     slow, fast = _scaled(tiny_profile, 3.0), _scaled(tiny_profile, 0.5)
     middle = merge_profiles(shape, linears, [slow, tiny_profile, fast])  # the median pass is the original
-    assert etas(middle, "fp32") == pytest.approx(etas(tiny_profile, "fp32"))
+    assert etas(middle, "fp32") == pytest.approx(etas(tiny_profile, "fp32"), rel=1e-3)
     slower = merge_profiles(shape, linears, [slow, slow, tiny_profile])
     assert all(e < e0 for e, e0 in zip(etas(slower, "fp32"), etas(tiny_profile, "fp32"), strict=True))
     with pytest.raises(ValueError, match="passes"):
