@@ -621,10 +621,12 @@ def merge_profiles(shape: ModelShape, linears: Sequence[LinearInfo], passes: Seq
             entry = (str(part), tuple(int(k) for k in key), int(tokens))
             times.setdefault(entry, []).append(float(median_ms) / 1e3)
             counts[entry] = int(count)
-    samples = [Sample(part, key, counts[(part, key, tokens)], tokens, statistics.median(values),
-                      (max(values) - min(values)) / statistics.median(values) if statistics.median(values) > 0 else 0.0,
-                      len(values))
-               for (part, key, tokens), values in times.items() if len(values) == len(passes)]
+    samples = []
+    for (part, key, tokens), values in times.items():
+        if len(values) == len(passes):  # a sample every pass measured
+            median = statistics.median(values)
+            spread = (max(values) - min(values)) / median if median > 0 else 0.0  # over the passes
+            samples.append(Sample(part, key, counts[(part, key, tokens)], tokens, median, spread, len(values)))
     peaks = {dtype: statistics.median(spec.peak_flops[dtype] for spec in passes) for dtype in passes[0].peak_flops}
     overheads = [info["quantized_overhead_us"] / 1e6 for info in infos if "quantized_overhead_us" in info]
     formats = [fmt for fmt in available_formats(device) if any(s.part == fmt for s in samples)]
