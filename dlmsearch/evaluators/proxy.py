@@ -23,11 +23,14 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
   generations at one token per step under the same seed (cached). Few steps and heavy compression
   show here first; the full evaluator's generative NELBO is the largest part of its score.
 - ``infill_agreement``: ``infill_spans`` spans of ``infill_span`` characters in each of
-  ``infill_windows`` windows are filled by the compressed model with the Plan's passes per token
-  and block length (:class:`~dlmsearch.evaluators.infill_task.InfillTask`); the share of
-  characters equal to the dense model's fill at one pass per token (cached). Filling is greedy, so
-  this term carries no sampling noise; it is the full evaluator's agreement measurement on the
-  proxy's own windows and seeds.
+  ``infill_windows`` windows of ``infill_window_length`` characters are filled by the compressed
+  model with the Plan's passes per token and block length
+  (:class:`~dlmsearch.evaluators.infill_task.InfillTask`); the share of characters equal to the
+  dense model's fill at one pass per token (cached). Filling is greedy, so this term carries no
+  sampling noise; it is the full evaluator's agreement measurement on the proxy's own windows and
+  seeds. One word-length span in each of 32 windows of 32 characters costs a quarter of four spans
+  in each of 8 windows of 128 (a fill costs passes x window length) and ranked Plans as well
+  (bench/RESULTS.md).
 - ``trajectory`` (off by default): ``trajectory_prompts`` prompts (held-out text) completed with
   the Plan's sampler settings by the compressed model and, once and cached, by the dense model at
   one token per step; ``max(0, NELBO_dense(plan output) - NELBO_dense(dense output)) + 0.5 * (1 -
@@ -99,9 +102,10 @@ class ProxySettings:
     trajectory_weight: float = 1.0
     step_weight: float = 1 / 3  # weight of the free-generation gap (or of the dense step term)
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: the dense step term instead)
-    infill_windows: int = 8  # windows whose spans the compressed model fills (0: no infill term)
+    infill_windows: int = 32  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
-    infill_spans: int = 4  # spans per infill window
+    infill_spans: int = 1  # spans per infill window
+    infill_window_length: int = 32  # characters per infill window (0: window_length)
     infill_weight: float = 0.5  # the full evaluator's weight of its agreement term
     calibration_sequences: int = 32
     seed: int = 0
@@ -177,11 +181,15 @@ class ProxyEvaluator(BaseEvaluator):
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         infill_windows = max(s.infill_windows, s.low_fidelity_infill_windows)
-        count = max(s.windows, infill_windows, s.trajectory_prompts, s.low_fidelity_prompts, s.step_rows)
-        self.windows = eval_windows(ids, length, count)  # KL states, infill spans and prompts all come from these
+        infill_length = min(s.infill_window_length or length, length)
+        shared = infill_length == length or infill_windows == 0  # infill spans in the main windows
+        count = max(s.windows, infill_windows if shared else 0, s.trajectory_prompts, s.low_fidelity_prompts,
+                    s.step_rows)
+        self.windows = eval_windows(ids, length, count)  # KL states, prompts (and full-length infill spans)
         self.states = build_masked_states(self.windows[:s.windows], adapter.mask_token_id, s.repeats, s.seed,
                                           min(s.low_fidelity_windows, s.windows), s.batch_size)
-        self.infill_task = InfillTask.with_spans(self.windows[:infill_windows], s.infill_spans, s.infill_span,
+        infill_text = self.windows if shared else eval_windows(ids, infill_length, infill_windows)
+        self.infill_task = InfillTask.with_spans(infill_text[:infill_windows], s.infill_spans, s.infill_span,
                                                  s.seed + INFILL_SEED_OFFSET)
         self.model_digest = model_digest(adapter)
         self._reference = self._reference_logprobs()
@@ -333,7 +341,7 @@ class ProxyEvaluator(BaseEvaluator):
         sampled = dataclasses.replace(sampler, temperature=1.0)
         seed = self.settings.seed + FREE_SEED_OFFSET
         out = generate(model, empty, seed=seed, **dataclasses.asdict(sampled))
-        best = dataclasses.replace(sampled, steps=sampler.gen_length)
+        best = dataclasses.replace(sampled, steps=sampled.gen_length)
         return {"free_gap": self._nelbo(out) - self._dense_generation(best, empty, seed)[1]}
 
     @torch.no_grad()

@@ -108,6 +108,19 @@ def test_low_fidelity_and_bad_fidelity() -> None:
         evaluator.evaluate(_plan(adapter), fidelity="medium")
 
 
+def test_infill_windows_of_their_own_length() -> None:
+    adapter = _model()
+    settings = dataclasses.replace(SETTINGS, trajectory_prompts=0, unconditional_rows=3, infill_windows=5,
+                                   infill_window_length=16, infill_spans=1, infill_span=3)
+    evaluator = _evaluator(adapter, settings)
+    assert tuple(evaluator.infill_task.windows.shape) == (5, 16) and evaluator.infill_task.per_window == 3
+    dense = evaluator.evaluate(_plan(adapter))
+    assert dense.score == 0.0 and dense.metrics["infill_agreement"] == 1.0
+    assert evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2)).metrics["infill_agreement"] < 1.0
+    fewer = _evaluator(adapter, dataclasses.replace(settings, infill_windows=1))
+    assert torch.equal(fewer.windows, evaluator.windows)  # the KL windows do not move with the infill count
+
+
 FRESH_PROCESS_SCRIPT = """
 import torch
 from tests.evaluators.test_proxy import _evaluator, _model, _plan
