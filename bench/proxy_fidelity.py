@@ -101,8 +101,9 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) > 2 else float("nan")
 
 
-def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = 1 / 3) -> list[float]:
-    """A proxy without its trajectory term: masked KL plus the cached dense step term."""
+def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = ProxySettings.dense_step_weight
+              ) -> list[float]:
+    """A proxy without its generation terms: masked KL plus the cached dense step term."""
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
 

@@ -42,11 +42,15 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
 ratios when fewer than ``windows``), ``low_fidelity_free_rows`` free rows and
 ``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
 fidelity generates nothing (about 0.8 s per Plan here, a fifth of the full fidelity). Without free
-rows the free gap is replaced by ``steps_unconditional_gap``: what the Plan's step count alone
-costs the dense model (the NELBO gap of ``step_rows`` of its own free generations at the Plan's
-steps vs one token per step; Plan-independent and cached). It treats the step damage as additive
-to the compression damage and ranks worse (0.70 vs 0.89); one free row and four infill windows
-ranked at 0.75 / 0.88 on two sets of Plans for three times the cost, so they stay off.
+rows the free gap is replaced by ``dense_step_weight * steps_unconditional_gap``: what the Plan's
+step count alone costs the dense model (the NELBO gap of ``step_rows`` of its own free generations
+at the Plan's steps vs one token per step; Plan-independent and cached). It treats the step damage
+as additive to the compression damage and ranks worse than the generating proxy (0.72-0.84 vs
+0.87-0.90). Its weight is a quarter of ``step_weight``: the dense model's gap at 8 steps for 64
+characters (about 1.2 nats) is far larger than what 8 steps add to a compressed Plan's full score
+(about 0.3; bench/RESULTS.md), and at 1/3 it swamped the KL (0.70 / 0.71). One free row and four
+infill windows ranked at 0.75 / 0.88 on two sets of Plans for three times the cost, so they stay
+off.
 ``steps_prompted_gap`` (the same for greedy prompted rows) is a diagnostic: few steps give
 repetitive text the model finds *likely*, so prompted rows do not show the step damage.
 
@@ -100,7 +104,8 @@ class ProxySettings:
     trajectory_prompts: int = 0  # prompted trajectory rows (0: no trajectory term)
     prompt_length: int = 32
     trajectory_weight: float = 1.0
-    step_weight: float = 1 / 3  # weight of the free-generation gap (or of the dense step term)
+    step_weight: float = 1 / 3  # weight of the free-generation gap
+    dense_step_weight: float = 1 / 12  # weight of the dense step term, used where no free rows are generated
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: the dense step term instead)
     infill_windows: int = 32  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
@@ -388,7 +393,10 @@ class ProxyEvaluator(BaseEvaluator):
         rows = s.low_fidelity_free_rows if low else s.unconditional_rows
         parts = self.trajectory(model, plan, s.low_fidelity_prompts if low else s.trajectory_prompts, rows)
         parts |= self.infill_term(model, plan.sampler, s.low_fidelity_infill_windows if low else s.infill_windows)
-        free = parts.get("free_gap", parts["steps_unconditional_gap"])
-        score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + s.step_weight * max(0.0, free)
+        if "free_gap" in parts:
+            steps_term = s.step_weight * max(0.0, parts["free_gap"])
+        else:
+            steps_term = s.dense_step_weight * max(0.0, parts["steps_unconditional_gap"])
+        score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + steps_term
                  + s.infill_weight * (1.0 - parts.get("infill_agreement", 1.0)))
         return QualityResult(score, {**kl_parts, **parts}, fidelity)

@@ -42,7 +42,8 @@ BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_b
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "low_fidelity_prompts", "low_fidelity_free_rows", "low_fidelity_infill_windows",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight", "step_weight",
-                                       "step_rows", "unconditional_rows", "infill_windows", "infill_span",
+                                       "dense_step_weight", "step_rows", "unconditional_rows", "infill_windows",
+                                       "infill_span",
                                        "infill_spans", "infill_window_length", "infill_weight",
                                        "calibration_sequences", "seed")
 #: Evaluator settings that may be 0 (a term switched off, or seed 0).
@@ -445,7 +446,7 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
     if "settings" in raw:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
-            if key in ("trajectory_weight", "step_weight", "infill_weight"):
+            if key in ("trajectory_weight", "step_weight", "dense_step_weight", "infill_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
                 c.integer(f"evaluator.settings.{key}", value, 0 if key in _ZERO_OK_SETTINGS else 1)

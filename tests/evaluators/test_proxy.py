@@ -99,7 +99,8 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     # by default nothing is generated at low fidelity: the cached dense step term stands in
     assert low.metrics["trajectory"] == 0.0 and "trajectory_agreement" not in low.metrics
     assert "free_gap" not in low.metrics and "infill_agreement" not in low.metrics
-    assert "steps_unconditional_gap" in low.metrics
+    m = low.metrics  # the dense step term stands in for the Plan's own free rows, at its own weight
+    assert low.score == m["kl"] + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
     generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=1,
                                                          low_fidelity_infill_windows=1))
     metrics = generating.evaluate(_plan(adapter, weight_bits=2), fidelity="low").metrics
