@@ -41,7 +41,7 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
 ``fidelity="low"`` measures ``low_fidelity_windows`` KL windows (their own stratified grid of mask
 ratios when fewer than ``windows``), ``low_fidelity_free_rows`` free rows and
 ``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
-fidelity generates nothing (about 0.8 s per Plan here, a fifth of the full fidelity). Without free
+fidelity generates nothing (about 0.9 s per Plan here, a third of the full fidelity's 2.7 s). Without free
 rows the free gap is replaced by ``dense_step_weight * steps_unconditional_gap``: what the Plan's
 step count alone costs the dense model (the NELBO gap of ``step_rows`` of its own free generations
 at the Plan's steps vs one token per step; Plan-independent and cached). It treats the step damage
