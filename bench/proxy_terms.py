@@ -98,7 +98,7 @@ class Terms:
     def measure(self, plan: Plan) -> dict[str, float]:
         dense = self._dense(plan.sampler)
         model = self._timed("compress", lambda: self.proxy.compressed(plan))
-        kl = self._timed("kl", lambda: self.proxy.masked_kl(model, plan, self.proxy.settings.windows))
+        kl = self._timed("kl", lambda: self.proxy.masked_kl(model, plan, "full"))
         got = self._outputs(model, plan.sampler, True)
         step_free = dense["plan"]["free"] - dense["best"]["free"]
         step_prompted = dense["plan"]["prompted_nelbo"] - dense["best"]["prompted_nelbo"]

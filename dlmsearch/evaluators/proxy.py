@@ -16,11 +16,14 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
   dense reference uses the same batches, so the dense Plan scores exactly 0). ``kl_state`` is the
   same KL averaged per state instead of per position (diagnostic). The KL sees compression but not
   the step count, and ranks Plans poorly alone (Spearman 0.35-0.55 with the full evaluator): 8
-  windows rank as well as 32, so 8 is the default.
+  windows rank as well as 32, and beside the generation terms 4 windows rank the whole proxy as
+  well as 8, so the full fidelity measures 4 (``windows``) and the low fidelity, which has
+  nothing else, 8 (``low_fidelity_windows``).
 - ``free_gap``: what the step count and the compression do to free text together: the dense
   model's masked-diffusion NELBO of ``unconditional_rows`` free generations (temperature 1, the
   Plan's steps and precision) of the compressed model, minus that of the dense model's free
-  generations at one token per step under the same seed (cached). Few steps and heavy compression
+  generations at one token per step under the same seed (cached); both scored with
+  ``nelbo_repeats`` masks per row under the same mask seed. Few steps and heavy compression
   show here first; the full evaluator's generative NELBO is the largest part of its score.
 - ``infill_agreement``: ``infill_spans`` spans of ``infill_span`` characters in each of
   ``infill_windows`` windows of ``infill_window_length`` characters are filled by the compressed
@@ -38,13 +41,15 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
   Greedy completions diverge after one differing token, so this term was mostly noise (it added
   nothing measurable once the infill term was in) and costs the most.
 
-``fidelity="low"`` measures ``low_fidelity_windows`` KL windows (their own stratified grid of mask
-ratios when fewer than ``windows``), ``low_fidelity_free_rows`` free rows and
+``fidelity="low"`` measures ``low_fidelity_windows`` KL windows on a stratified grid of mask ratios
+of their own (a subset of the full fidelity's states when fewer than ``windows``, states of their
+own when more: :func:`build_masked_states`), ``low_fidelity_free_rows`` free rows and
 ``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
 fidelity generates nothing (about 0.9 s per Plan here, a third of the full fidelity's 2.7 s). Without free
 rows the free gap is replaced by ``dense_step_weight * steps_unconditional_gap``: what the Plan's
 step count alone costs the dense model (the NELBO gap of ``step_rows`` of its own free generations
-at the Plan's steps vs one token per step; Plan-independent and cached). It treats the step damage
+at the Plan's steps vs one token per step, with ``step_nelbo_repeats`` masks per row; Plan-independent
+and cached, so its masks cost once). It treats the step damage
 as additive to the compression damage and ranks worse than the generating proxy (0.72-0.84 vs
 0.87-0.90). Its weight is a quarter of ``step_weight``: the dense model's gap at 8 steps for 64
 characters (about 1.2 nats) is far larger than what 8 steps add to a compressed Plan's full score
@@ -87,17 +92,17 @@ FREE_SEED_OFFSET = 1
 NELBO_SEED_OFFSET = 2
 INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 3
+REFERENCE_VERSION = 4
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     """What the proxy measures on; every field enters the reference cache key."""
 
-    windows: int = 8  # held-out windows of the masked KL at full fidelity
+    windows: int = 4  # held-out windows of the masked KL at full fidelity
     window_length: int = 128
     repeats: int = 4  # masked states per window, at stratified mask ratios
-    low_fidelity_windows: int = 8
+    low_fidelity_windows: int = 8  # KL windows at low fidelity (the KL is all it has)
     low_fidelity_prompts: int = 0  # prompted trajectory rows at low fidelity (0: no trajectory term)
     low_fidelity_free_rows: int = 0  # free rows at low fidelity (0: the cached dense step term instead)
     low_fidelity_infill_windows: int = 0  # infill windows at low fidelity (0: no infill term)
@@ -117,16 +122,17 @@ class ProxySettings:
     split: str = "evaluation"
     batch_size: int = 32  # masked states per forward pass
     step_rows: int = 8  # prompted and unconditional rows of the cached dense step term (Plan-independent)
-    nelbo_repeats: int = 16  # masked states per generated row for its NELBO
+    nelbo_repeats: int = 8  # masked states per row the compressed model generates, for its NELBO
+    step_nelbo_repeats: int = 16  # the same for the rows of the dense step term (Plan-independent, cached)
 
 
 @dataclass(frozen=True)
 class MaskedStates:
     """The fixed masked states: ids (S, L), masked positions (S, L), mask ratio (S,), window index (S,).
 
-    States are ordered by part (the low-fidelity windows first), then by mask ratio; ``chunks``
-    are the fixed ``[start, end)`` batches the model runs on, and the first ``low_chunks`` of them
-    hold exactly the low-fidelity states.
+    States are ordered by part (the low-fidelity part first), then by mask ratio; ``chunks`` are
+    the fixed ``[start, end)`` batches the model runs on; ``low_chunks`` and ``full_chunks`` are
+    the indices of the chunks each fidelity scores.
     """
 
     ids: torch.Tensor
@@ -134,27 +140,32 @@ class MaskedStates:
     mask_ratio: torch.Tensor
     window: torch.Tensor
     chunks: tuple[tuple[int, int], ...] = ()
-    low_chunks: int = 0
+    low_chunks: tuple[int, ...] = ()
+    full_chunks: tuple[int, ...] = ()
 
 
 def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int, seed: int,
-                        low_windows: int | None = None, batch_size: int = 32) -> MaskedStates:
-    """Each window masked ``repeats`` times at stratified mask ratios.
+                        low_windows: int, full_windows: int, batch_size: int = 32) -> MaskedStates:
+    """The masked states of both fidelities: each window masked ``repeats`` times at stratified ratios.
 
-    The first ``low_windows`` windows (the low fidelity) get their own stratified grid of
-    ``low_windows * repeats`` ratios, the remaining windows another, so that both fidelities
-    cover the whole denoising range evenly. Ratios are assigned to windows in a seeded random
-    order; the states of each part are then sorted by ratio and cut into batches of
-    ``batch_size`` (sorting keeps most batches inside one timestep group).
+    The low fidelity scores the first ``low_windows`` windows on a stratified grid of
+    ``low_windows * repeats`` mask ratios of their own. Where ``full_windows`` is larger, the full
+    fidelity adds the remaining windows on another grid (the low-fidelity states are a subset of
+    its states); where it is smaller, the full fidelity scores the first ``full_windows`` windows on
+    states of their own. Either way each fidelity covers the whole denoising range evenly. Ratios
+    are assigned to windows in a seeded random order; the states of each part are then sorted by
+    ratio and cut into batches of ``batch_size`` (sorting keeps most batches inside one timestep
+    group). ``windows`` holds at least ``max(low_windows, full_windows)`` rows.
     """
-    n = windows.shape[0]
-    low = n if low_windows is None else max(0, min(low_windows, n))
+    low, full = max(0, low_windows), max(0, full_windows)
+    if max(low, full) > windows.shape[0]:
+        raise ValueError(f"windows: {windows.shape[0]} rows, but the fidelities need {max(low, full)}")
+    extends = low <= full
+    spans = ((0, low), (low, full)) if extends else ((0, low), (0, full))
     generator = torch.Generator().manual_seed(seed)
     parts = []
-    for first, last in ((0, low), (low, n)):
+    for first, last in spans:
         count = (last - first) * repeats
-        if count == 0:
-            continue
         ratios = stratified_mask_probs(count)[torch.randperm(count, generator=generator)]
         window = torch.arange(first, last).repeat(repeats)
         order = torch.sort(ratios, stable=True).indices
@@ -163,14 +174,15 @@ def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int,
     window = torch.cat([w for _, w in parts])
     ids, masked = mask_tokens(windows[window], ratios, mask_token_id, torch.Generator().manual_seed(seed + 1))
     chunks: list[tuple[int, int]] = []
-    low_chunks, start = 0, 0
-    for index, (part_ratios, _) in enumerate(parts):
+    part_chunks: list[tuple[int, ...]] = []
+    start = 0
+    for part_ratios, _ in parts:
         end = start + len(part_ratios)
+        part_chunks.append(tuple(range(len(chunks), len(chunks) + len(range(start, end, batch_size)))))
         chunks += [(b, min(b + batch_size, end)) for b in range(start, end, batch_size)]
-        if index == 0 and low > 0:
-            low_chunks = len(chunks)
         start = end
-    return MaskedStates(ids, masked, ratios, window, tuple(chunks), low_chunks)
+    full_chunks = part_chunks[0] + part_chunks[1] if extends else part_chunks[1]
+    return MaskedStates(ids, masked, ratios, window, tuple(chunks), part_chunks[0], full_chunks)
 
 
 class ProxyEvaluator(BaseEvaluator):
@@ -188,11 +200,11 @@ class ProxyEvaluator(BaseEvaluator):
         infill_windows = max(s.infill_windows, s.low_fidelity_infill_windows)
         infill_length = min(s.infill_window_length or length, length)
         shared = infill_length == length or infill_windows == 0  # infill spans in the main windows
-        count = max(s.windows, infill_windows if shared else 0, s.trajectory_prompts, s.low_fidelity_prompts,
-                    s.step_rows)
+        count = max(s.windows, s.low_fidelity_windows, infill_windows if shared else 0, s.trajectory_prompts,
+                    s.low_fidelity_prompts, s.step_rows)
         self.windows = eval_windows(ids, length, count)  # KL states, prompts (and full-length infill spans)
-        self.states = build_masked_states(self.windows[:s.windows], adapter.mask_token_id, s.repeats, s.seed,
-                                          min(s.low_fidelity_windows, s.windows), s.batch_size)
+        self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed,
+                                          s.low_fidelity_windows, s.windows, s.batch_size)
         infill_text = self.windows if shared else eval_windows(ids, infill_length, infill_windows)
         self.infill_task = InfillTask.with_spans(infill_text[:infill_windows], s.infill_spans, s.infill_span,
                                                  s.seed + INFILL_SEED_OFFSET)
@@ -245,24 +257,29 @@ class ProxyEvaluator(BaseEvaluator):
                                    temperature=0.0)
         return self._dense_generation(best, prompts)
 
-    def _dense_generation(self, sampler: SamplerSettings, prompts: torch.Tensor,
-                          seed: int | None = None) -> tuple[torch.Tensor, float]:
-        """The dense model's generation with ``sampler``, and its NELBO (cached on disk: Plan-independent)."""
+    def _dense_generation(self, sampler: SamplerSettings, prompts: torch.Tensor, seed: int | None = None,
+                          nelbo_repeats: int | None = None) -> tuple[torch.Tensor, float]:
+        """The dense model's generation with ``sampler``, and its NELBO with ``nelbo_repeats`` masks per row
+        (default ``settings.nelbo_repeats``: the masks the Plan's own rows get); cached on disk."""
         seed = self.settings.seed if seed is None else seed
+        repeats = nelbo_repeats or self.settings.nelbo_repeats
         extra = {} if seed == self.settings.seed else {"generation_seed": seed}
-        key = self._key(kind="trajectory", prompts=prompts.shape[0], **dataclasses.asdict(sampler), **extra)
+        key = self._key(kind="trajectory", prompts=prompts.shape[0], nelbo_masks=repeats,
+                        **dataclasses.asdict(sampler), **extra)
 
         def compute() -> dict[str, torch.Tensor]:
             out = generate(self.dense, prompts, seed=seed, **dataclasses.asdict(sampler))
-            return {"tokens": out, "nelbo": torch.tensor([self._nelbo(out)], dtype=torch.float64)}
+            nelbo = self._nelbo(out, repeats)
+            return {"tokens": out, "nelbo": torch.tensor([nelbo], dtype=torch.float64)}
 
         cached = cached_tensors("reference_generations", key, compute)
         return cached["tokens"], float(cached["nelbo"][0])
 
-    def _nelbo(self, sequences: torch.Tensor) -> float:
+    def _nelbo(self, sequences: torch.Tensor, repeats: int | None = None) -> float:
+        """The dense model's NELBO of ``sequences`` with ``repeats`` masks per row (default ``nelbo_repeats``)."""
         return evaluate_nelbo(self.dense.forward_logits, sequences.cpu(), self.dense.mask_token_id,
-                              seed=self.settings.seed + NELBO_SEED_OFFSET, repeats=self.settings.nelbo_repeats,
-                              batch_size=64)
+                              seed=self.settings.seed + NELBO_SEED_OFFSET,
+                              repeats=repeats or self.settings.nelbo_repeats, batch_size=64)
 
     # ------------------------------------------------------------ evaluation
 
@@ -285,19 +302,19 @@ class ProxyEvaluator(BaseEvaluator):
         return by_group
 
     @torch.no_grad()
-    def masked_kl(self, model: DLMAdapter, plan: Plan, windows: int) -> float:
-        """Mean KL(dense || compressed) over the masked positions of the states of the first ``windows``."""
-        return self.masked_kl_parts(model, plan, windows)["kl"]
+    def masked_kl(self, model: DLMAdapter, plan: Plan, fidelity: str = "full") -> float:
+        """Mean KL(dense || compressed) over the masked positions of ``fidelity``'s states."""
+        return self.masked_kl_parts(model, plan, fidelity)["kl"]
 
     @torch.no_grad()
-    def masked_kl_parts(self, model: DLMAdapter, plan: Plan, windows: int) -> dict[str, float]:
-        """KL(dense || compressed) at the masked states of the first ``windows`` windows.
+    def masked_kl_parts(self, model: DLMAdapter, plan: Plan, fidelity: str = "full") -> dict[str, float]:
+        """KL(dense || compressed) at the masked states of ``fidelity`` ("low" or "full").
 
         ``kl``: mean over masked positions; ``kl_state``: mean over states of each state's mean
         (every denoising stage counts equally, as every sampler step does).
         """
-        low = windows <= self.settings.low_fidelity_windows
-        chunks = range(self.states.low_chunks) if low else range(len(self.states.chunks))
+        check_fidelity(fidelity)
+        chunks = self.states.low_chunks if fidelity == "low" else self.states.full_chunks
         total, count, state_means = 0.0, 0, []
         for c in chunks:
             start, end = self.states.chunks[c]
@@ -314,9 +331,7 @@ class ProxyEvaluator(BaseEvaluator):
 
     def masked_kl_of(self, plan: Plan, fidelity: str = "low") -> float:
         """KL term alone of ``plan`` (no generation): what sensitivity profiles measure."""
-        check_fidelity(fidelity)
-        windows = self.settings.low_fidelity_windows if fidelity == "low" else self.settings.windows
-        return self.masked_kl(self.compressed(plan), plan, windows)
+        return self.masked_kl(self.compressed(plan), plan, fidelity)
 
     @torch.no_grad()
     def trajectory(self, model: DLMAdapter, plan: Plan, prompts: int, unconditional: int = 0) -> dict[str, float]:
@@ -378,8 +393,13 @@ class ProxyEvaluator(BaseEvaluator):
         sampled = dataclasses.replace(sampler, temperature=1.0)
         best = dataclasses.replace(sampler, steps=sampler.gen_length)
         best_sampled = dataclasses.replace(sampled, steps=sampler.gen_length)
-        prompted_gap = self._dense_generation(sampler, prompts)[1] - self._dense_generation(best, prompts)[1]
-        free_gap = self._dense_generation(sampled, empty)[1] - self._dense_generation(best_sampled, empty)[1]
+        repeats = self.settings.step_nelbo_repeats
+
+        def nelbo(sampler: SamplerSettings, prompts: torch.Tensor) -> float:
+            return self._dense_generation(sampler, prompts, nelbo_repeats=repeats)[1]
+
+        prompted_gap = nelbo(sampler, prompts) - nelbo(best, prompts)
+        free_gap = nelbo(sampled, empty) - nelbo(best_sampled, empty)
         return {"steps_prompted_gap": prompted_gap, "steps_unconditional_gap": free_gap}
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
@@ -389,7 +409,7 @@ class ProxyEvaluator(BaseEvaluator):
         plan.validate_for(self.dense)
         model = self.compressed(plan)
         low = fidelity == "low"
-        kl_parts = self.masked_kl_parts(model, plan, s.low_fidelity_windows if low else s.windows)
+        kl_parts = self.masked_kl_parts(model, plan, fidelity)
         rows = s.low_fidelity_free_rows if low else s.unconditional_rows
         parts = self.trajectory(model, plan, s.low_fidelity_prompts if low else s.trajectory_prompts, rows)
         parts |= self.infill_term(model, plan.sampler, s.low_fidelity_infill_windows if low else s.infill_windows)

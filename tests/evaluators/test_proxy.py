@@ -10,7 +10,9 @@ import torch
 
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
+from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
+from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import Plan, uniform_plan
@@ -120,6 +122,61 @@ def test_infill_windows_of_their_own_length() -> None:
     assert evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2)).metrics["infill_agreement"] < 1.0
     fewer = _evaluator(adapter, dataclasses.replace(settings, infill_windows=1))
     assert torch.equal(fewer.windows, evaluator.windows)  # the KL windows do not move with the infill count
+
+
+def _states_of(states: MaskedStates, chunks: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.cat([torch.arange(*states.chunks[c]) for c in chunks])
+    return states.mask_ratio[rows], states.window[rows]
+
+
+@pytest.mark.parametrize(("low", "full"), [(2, 6), (6, 2), (3, 3)])
+def test_each_fidelity_scores_a_stratified_grid_of_its_own_windows(low: int, full: int) -> None:
+    windows = torch.randint(0, 60, (6, 32), generator=torch.Generator().manual_seed(0))
+    states = build_masked_states(windows, 63, repeats=4, seed=0, low_windows=low, full_windows=full, batch_size=5)
+    def grid(count: int) -> list[float]:  # the whole denoising range, evenly
+        return ((torch.arange(count * 4) + 0.5) / (count * 4)).tolist()
+
+    full_grid = grid(low) + grid(full - low) if low <= full else grid(full)  # the low part extended, or its own
+    for count, chunks, expected in ((low, states.low_chunks, grid(low)), (full, states.full_chunks, full_grid)):
+        ratios, window = _states_of(states, chunks)
+        assert sorted(window.tolist()) == sorted(list(range(count)) * 4)  # every window, repeats times
+        assert sorted(ratios.tolist()) == pytest.approx(sorted(expected), abs=1e-6)
+    shared = set(states.low_chunks) & set(states.full_chunks)
+    assert shared == (set(states.low_chunks) if low <= full else set())  # a subset, or states of their own
+    with pytest.raises(ValueError, match="windows: 6 rows, but the fidelities need 7"):
+        build_masked_states(windows, 63, repeats=4, seed=0, low_windows=7, full_windows=2)
+
+
+def test_more_low_fidelity_windows_than_full_fidelity_ones() -> None:
+    adapter = _model()
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, windows=2, low_fidelity_windows=5))
+    plan = _plan(adapter, weight_bits=2)
+    model = evaluator.compressed(plan)
+    low, full = evaluator.masked_kl(model, plan, "low"), evaluator.masked_kl(model, plan, "full")
+    assert low > 0 and full > 0 and low != full
+    assert evaluator.evaluate(plan, "low").metrics["kl"] == low and evaluator.evaluate(plan).metrics["kl"] == full
+
+
+def test_the_dense_step_term_takes_its_own_nelbo_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    repeats: list[int] = []
+    real = proxy_module.evaluate_nelbo
+
+    def spy(*args: object, **kwargs: object) -> float:
+        repeats.append(kwargs["repeats"])  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(proxy_module, "evaluate_nelbo", spy)
+    adapter = _model()
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, trajectory_prompts=0, nelbo_repeats=3,
+                                                        step_nelbo_repeats=5))
+    plan = _plan(adapter, weight_bits=2, steps=4)
+    evaluator.free_term(evaluator.compressed(plan), plan.sampler, 2)
+    assert repeats == [3, 3]  # the Plan's rows, then the dense rows under the same masks (once: cached)
+    evaluator.step_term(plan.sampler)
+    assert repeats == [3, 3] + [5] * 4  # the dense rows at the Plan's steps and at one token per step
+    evaluator.free_term(evaluator.compressed(plan), plan.sampler, 2)
+    evaluator.step_term(plan.sampler)
+    assert repeats == [3, 3] + [5] * 4 + [3]
 
 
 FRESH_PROCESS_SCRIPT = """
