@@ -4,7 +4,7 @@ Reproduce with::
 
     .venv/bin/python bench/proxy_fidelity.py --seed 0           # 40 random Plans (the reported set)
     .venv/bin/python bench/proxy_fidelity.py --seed 1 --plans 24 --full-repeat --dump runs/tune.json
-    .venv/bin/python bench/proxy_fidelity.py --quick            # 8 Plans, smaller evaluators
+    .venv/bin/python bench/proxy_fidelity.py --quick            # 6 Plans, smaller evaluators (under a minute)
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0 0.1667 0.5  # traj., step, infill
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=1   # the proxy's own noise
@@ -66,8 +66,8 @@ SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 METHODS = ("magnitude", "wanda", "sink_wanda")
 STEPS = (8, 16, 32, 64)
 QUICK_PROXY = ProxySettings(windows=4, low_fidelity_windows=2, unconditional_rows=2, infill_windows=4,
-                            calibration_sequences=8)
-QUICK_FULL = FullSettings(infill_windows=8, prompts=2, unconditional=2, calibration_sequences=8)
+                            calibration_sequences=8, step_rows=2, nelbo_repeats=4, step_nelbo_repeats=4)
+QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibration_sequences=8, nelbo_repeats=4)
 
 
 def random_plan(adapter: DLMAdapter, rng: random.Random) -> Plan:
@@ -215,8 +215,8 @@ def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[s
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="8 Plans and smaller evaluators")
-    parser.add_argument("--plans", type=int, default=None, help="number of random Plans (default 40, quick 8)")
+    parser.add_argument("--quick", action="store_true", help="6 Plans and smaller evaluators")
+    parser.add_argument("--plans", type=int, default=None, help="number of random Plans (default 40, quick 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random Plans (tune on 1, report 0)")
     parser.add_argument("--full-repeat", action="store_true",
                         help="score every Plan a second time by the full evaluator under another seed")
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures
-    n_plans = args.plans or (8 if args.quick else 40)
+    n_plans = args.plans or (6 if args.quick else 40)
     adapter = load_model()
     proxy, full = evaluators(adapter, args.quick)
     repeat = None

@@ -4,14 +4,15 @@ Reproduce with::
 
     .venv/bin/python bench/proxy_speed.py            # 10 random Plans on the embedded model (seed 2)
     .venv/bin/python bench/proxy_speed.py --quick    # 3 Plans, smaller evaluators
+    .venv/bin/python bench/proxy_speed.py --threads 1  # one torch thread (default: torch's, all cores)
 
 The Plans come from ``bench/proxy_fidelity.py``'s random sampler (``--seed``). The evaluators
 share one compressor, whose kept copy is cleared before every timed call, so every time includes
 the Plan's compression. Warm-up evaluations (one Plan per step count) are excluded: they compute
 (or read from the disk cache) the dense references, which depend on the sampler settings but not
 on the Plan, and the calibration statistics, which every later Plan reuses. Figures
-(``name: value``): median seconds per Plan for each evaluator and the ratios ``full_over_proxy``
-and ``proxy_over_low``.
+(``name: value``): the torch ``threads`` used, median seconds per Plan for each evaluator and the
+ratios ``full_over_proxy`` and ``proxy_over_low``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="3 Plans, smaller evaluators")
     parser.add_argument("--plans", type=int, default=None, help="number of timed Plans (default 10, quick 3)")
     parser.add_argument("--seed", type=int, default=2, help="seed of the random Plans")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     adapter = load_model()
     start = time.perf_counter()
     proxy, full = evaluators(adapter, args.quick)
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) for name, values in times.items()}
     figures = {
+        "threads": float(torch.get_num_threads()),
         "proxy_construct_seconds": construct,
         "seconds_per_plan_low": medians["low"],
         "seconds_per_plan_proxy": medians["proxy"],

@@ -45,11 +45,12 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
 of their own (a subset of the full fidelity's states when fewer than ``windows``, states of their
 own when more: :func:`build_masked_states`), ``low_fidelity_free_rows`` free rows and
 ``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
-fidelity generates nothing (about 0.9 s per Plan here, a third of the full fidelity's 2.7 s). Without free
-rows the free gap is replaced by ``dense_step_weight * steps_unconditional_gap``: what the Plan's
-step count alone costs the dense model (the NELBO gap of ``step_rows`` of its own free generations
-at the Plan's steps vs one token per step, with ``step_nelbo_repeats`` masks per row; Plan-independent
-and cached, so its masks cost once). It treats the step damage
+fidelity generates nothing (about 1.0 s per Plan here on one thread and 0.65 s on two, vs the full
+fidelity's 2.4 s and 1.8 s). Without free rows the free gap is replaced by
+``dense_step_weight * steps_unconditional_gap``: what the Plan's step count alone costs the dense
+model (the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs one token
+per step, with ``step_nelbo_repeats`` masks per row; Plan-independent and cached, so its masks
+cost once). It treats the step damage
 as additive to the compression damage and ranks worse than the generating proxy (0.72-0.84 vs
 0.87-0.90). Its weight is a quarter of ``step_weight``: the dense model's gap at 8 steps for 64
 characters (about 1.2 nats) is far larger than what 8 steps add to a compressed Plan's full score
