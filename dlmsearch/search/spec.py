@@ -44,7 +44,7 @@ EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "l
                                        "trajectory_prompts", "prompt_length", "trajectory_weight", "step_weight",
                                        "dense_step_weight", "step_rows", "unconditional_rows", "infill_windows",
                                        "infill_span", "infill_spans", "infill_window_length", "infill_weight",
-                                       "calibration_sequences", "seed")
+                                       "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed")
 #: Evaluator settings that may be 0 (a term switched off, or seed 0).
 _ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
                      "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",

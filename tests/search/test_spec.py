@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from dlmsearch.search.spec import StudySpecError, load_study_spec, spec_from_dict
+from dlmsearch.evaluators import ProxySettings
+from dlmsearch.search.spec import EVALUATOR_SETTINGS, StudySpecError, load_study_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +55,7 @@ def test_resolved_spec_round_trips_through_yaml() -> None:
     ({"study": "s", "evaluator": {"fidelity": "medium"}}, "evaluator.fidelity: 'medium'"),
     ({"study": "s", "evaluator": {"settings": {"windows": 0}}}, "evaluator.settings.windows: 0"),
     ({"study": "s", "evaluator": {"settings": {"infill_windows": -1}}}, "evaluator.settings.infill_windows: -1"),
+    ({"study": "s", "evaluator": {"settings": {"step_nelbo_repeats": 0}}}, "evaluator.settings.step_nelbo_repeats: 0"),
     ({"study": "s", "evaluator": {"settings": {"infill_weight": "high"}}}, "evaluator.settings.infill_weight: 'high'"),
     ({"study": "s", "evaluator": {"data_files": ["/no/such/file.txt"]}}, "evaluator.data_files"),
     ({"study": "s", "generation": {"gen_length": "long"}}, "generation.gen_length: 'long'"),
@@ -105,3 +108,12 @@ def test_relative_budgets_resolve_against_the_dense_plan() -> None:
         spec.budget.limits()
     with pytest.raises(StudySpecError, match="only one of latency_fraction and latency_ms"):
         spec_from_dict({"study": "s", "budget": {"latency_fraction": 0.5, "latency_ms": 3}})
+
+
+def test_every_evaluator_setting_reaches_the_proxy() -> None:
+    fields = {f.name for f in dataclasses.fields(ProxySettings)}
+    assert set(EVALUATOR_SETTINGS) <= fields
+    spec = spec_from_dict({"study": "s", "evaluator": {"settings": {"nelbo_repeats": 4, "step_nelbo_repeats": 32,
+                                                                    "dense_step_weight": 0.25}}})
+    settings = ProxySettings(**dict(spec.evaluator.settings))
+    assert (settings.nelbo_repeats, settings.step_nelbo_repeats, settings.dense_step_weight) == (4, 32, 0.25)
