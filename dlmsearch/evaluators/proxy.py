@@ -178,8 +178,9 @@ def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int,
     start = 0
     for part_ratios, _ in parts:
         end = start + len(part_ratios)
-        part_chunks.append(tuple(range(len(chunks), len(chunks) + len(range(start, end, batch_size)))))
-        chunks += [(b, min(b + batch_size, end)) for b in range(start, end, batch_size)]
+        part = [(b, min(b + batch_size, end)) for b in range(start, end, batch_size)]
+        part_chunks.append(tuple(range(len(chunks), len(chunks) + len(part))))
+        chunks += part
         start = end
     full_chunks = part_chunks[0] + part_chunks[1] if extends else part_chunks[1]
     return MaskedStates(ids, masked, ratios, window, tuple(chunks), part_chunks[0], full_chunks)
@@ -395,8 +396,8 @@ class ProxyEvaluator(BaseEvaluator):
         best_sampled = dataclasses.replace(sampled, steps=sampler.gen_length)
         repeats = self.settings.step_nelbo_repeats
 
-        def nelbo(sampler: SamplerSettings, prompts: torch.Tensor) -> float:
-            return self._dense_generation(sampler, prompts, nelbo_repeats=repeats)[1]
+        def nelbo(rows_sampler: SamplerSettings, rows_prompts: torch.Tensor) -> float:
+            return self._dense_generation(rows_sampler, rows_prompts, nelbo_repeats=repeats)[1]
 
         prompted_gap = nelbo(sampler, prompts) - nelbo(best, prompts)
         free_gap = nelbo(sampled, empty) - nelbo(best_sampled, empty)

@@ -133,6 +133,7 @@ def _states_of(states: MaskedStates, chunks: tuple[int, ...]) -> tuple[torch.Ten
 def test_each_fidelity_scores_a_stratified_grid_of_its_own_windows(low: int, full: int) -> None:
     windows = torch.randint(0, 60, (6, 32), generator=torch.Generator().manual_seed(0))
     states = build_masked_states(windows, 63, repeats=4, seed=0, low_windows=low, full_windows=full, batch_size=5)
+
     def grid(count: int) -> list[float]:  # the whole denoising range, evenly
         return ((torch.arange(count * 4) + 0.5) / (count * 4)).tolist()
 
