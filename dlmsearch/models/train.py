@@ -2,9 +2,13 @@
 
     python -m dlmsearch.models.train --out runs/shakespeare-char --steps 20000
 
-Seeded and reproducible (same arguments and thread count -> same weights). Every
+Seeded and reproducible (same arguments, device and thread count -> same weights). Every
 ``--eval-every`` steps it writes the shippable folder (fp16 safetensors, config, tokenizer, model
 card) and a resumable training state; ``--resume`` continues an interrupted run exactly.
+
+On a GPU (``--device cuda``, with ``--autocast-bf16`` for bf16 matrix products) the batches and
+masks are still drawn on the CPU from the seeded generator, so a GPU run sees the same data as a
+CPU run of the same arguments.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class TrainConfig:
     num_heads: int = 6
     intermediate_size: int = 512
     compile: bool = True  # torch.compile: ~1.3x faster steps on a 2-core CPU, same maths
+    autocast_bf16: bool = False  # bf16 autocast of the forward (for GPUs; weights and optimizer stay fp32)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -84,6 +89,24 @@ def sample_batch(ids: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (a GPU when torch sees one) as a torch device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"device={name!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: torch {torch.__version__} sees no CUDA GPU here; use 'cpu'")
+    return torch.device(name)
+
+
+def device_description(device: torch.device) -> str:
+    """What the model card says the run ran on: the GPU's name, or the CPU thread count."""
+    if device.type == "cuda":
+        return f"1 GPU ({torch.cuda.get_device_name(device)})"
+    return f"{torch.get_num_threads()} CPU threads"
+
+
 def model_logits(model: LlamaForCausalLM, ids: torch.Tensor) -> torch.Tensor:
     """Bidirectional logits of a Llama module for token ids (B, L)."""
     mask = bidirectional_attention_mask(ids.shape[0], ids.shape[1], model.dtype, ids.device)
@@ -95,7 +118,7 @@ def write_model_folder(model: LlamaForCausalLM, tokenizer: CharTokenizer, out: P
     """Write the shippable folder: fp16 safetensors, config, tokenizer, model card."""
     out.mkdir(parents=True, exist_ok=True)
     half = LlamaForCausalLM(model.config)
-    half.load_state_dict(model.state_dict())
+    half.load_state_dict({name: tensor.cpu() for name, tensor in model.state_dict().items()})
     half.half().save_pretrained(out, safe_serialization=True)
     tokenizer.save(out)
     (out / "training.json").write_text(json.dumps(card, indent=1))
@@ -129,7 +152,7 @@ attention mask. {card['parameters']:,} parameters, stored as fp16 safetensors.
 | --- | --- |
 | steps done | {card['steps_done']:,} of {cfg['steps']:,} |
 | tokens seen | {card['tokens_seen']:,} |
-| training time | {card['elapsed_s'] / 60:.1f} min on {card['threads']} CPU threads |
+| training time | {card['elapsed_s'] / 60:.1f} min on {card.get('device', f"{card['threads']} CPU threads")} |
 | final validation NELBO (calibration plays) | {card['val_nelbo']:.4f} nats/char |
 | evaluation NELBO (held-out plays) | {card.get('eval_nelbo', float('nan')):.4f} nats/char |
 | unigram entropy (held-out plays) | {card['unigram_entropy']:.4f} nats/char |
@@ -166,7 +189,7 @@ def _previous_runs(card: dict[str, Any]) -> str:
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
-          stop_after: int | None = None, init_from: Path | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, init_from: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run (or resume) training, writing checkpoints to ``out``; returns the training record.
 
     ``init_from`` starts from the weights of a model folder written by this script (a new
@@ -175,9 +198,13 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
 
     ``stop_after`` ends the run after that many steps with a resumable checkpoint, so a long
     schedule can be split across sessions; resuming gives the same weights as one run.
+
+    ``device`` (see :func:`resolve_device`) is where the model trains; data and masks are drawn on
+    the CPU either way.
     """
     import transformers
 
+    target = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -203,7 +230,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
         "calibration_texts": list(split_names("calibration")),
         "evaluation_texts": list(split_names("evaluation")),
         "unigram_entropy": unigram_entropy(eval_ids, tokenizer.vocab_size),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "device": device_description(target), "torch": torch.__version__,
         "transformers": transformers.__version__,
         "command": "python -m dlmsearch.models.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "evals": [], "steps_done": 0, "tokens_seen": 0, "elapsed_s": 0.0, "val_nelbo": float("nan"),
@@ -216,13 +243,19 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
         card["previous"] = json.loads((init_from / "training.json").read_text())
         logger.info("initialised from %s", init_from)
     if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
+        _move(model, target)  # before the optimizer state, which follows its parameters' device
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start_step = int(state["step"])
         card = json.loads((out / "training.json").read_text())
         logger.info("resumed from step %d", start_step)
+
+    _move(model, target)
+
+    def logits_on_cpu(ids: torch.Tensor) -> torch.Tensor:
+        return model_logits(model, ids.to(target)).float().cpu()
 
     elapsed_before = float(card["elapsed_s"])
     t0 = time.perf_counter()
@@ -239,7 +272,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
             batch = sample_batch(train_ids, cfg, generator)
             t = torch.rand(batch.shape[0], generator=generator) * (1 - MIN_MASK_PROB) + MIN_MASK_PROB
             noisy, masked = mask_tokens(batch, t, tokenizer.mask_token_id, generator)
-            loss = nelbo_loss(forward(model, noisy), batch, masked, t)
+            with torch.autocast(target.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                logits = forward(model, noisy.to(target))
+            loss = nelbo_loss(logits, batch.to(target), masked.to(target), t.to(target))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -255,10 +290,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
             stopping = done == stop_after
             if done % cfg.eval_every == 0 or done == cfg.steps or stopping:
                 model.eval()
-                val = evaluate_nelbo(lambda x: model_logits(model, x), val_seqs, tokenizer.mask_token_id)
+                val = evaluate_nelbo(logits_on_cpu, val_seqs, tokenizer.mask_token_id)
                 if done == cfg.steps:
-                    card["eval_nelbo"] = evaluate_nelbo(lambda x: model_logits(model, x), eval_seqs,
-                                                        tokenizer.mask_token_id)
+                    card["eval_nelbo"] = evaluate_nelbo(logits_on_cpu, eval_seqs, tokenizer.mask_token_id)
                 model.train()
                 card["evals"].append({"step": done, "tokens": tokens, "val_nelbo": val, "elapsed_s": elapsed})
                 card.update(steps_done=done, tokens_seen=tokens, elapsed_s=elapsed, val_nelbo=val)
@@ -271,6 +305,11 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
             if stopping:
                 break
     return card
+
+
+def _move(model: torch.nn.Module, device: torch.device) -> None:
+    """``model.to(device)`` through nn.Module's signature (transformers' decorated ``to`` confuses mypy)."""
+    model.to(device)
 
 
 def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -286,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from the weights of a model folder written by this script")
     parser.add_argument("--stop-after", type=int, default=None,
@@ -301,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     card = train(cfg, args.out, resume=args.resume, threads=args.threads, stop_after=args.stop_after,
-                 init_from=args.init_from)
+                 init_from=args.init_from, device=args.device)
     print(f"validation NELBO: {card['val_nelbo']:.4f}  evaluation NELBO: {card.get('eval_nelbo', float('nan')):.4f}")
     return 0
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,3 +50,22 @@ def test_training_can_continue_from_a_finished_model(tmp_path: Path) -> None:
     card = train(TINY, tmp_path / "second", init_from=tmp_path / "first")
     assert card["previous"]["steps_done"] == 4
     assert "continuing a run of 4 steps" in (tmp_path / "second" / "MODEL_CARD.md").read_text()
+
+
+def test_bf16_autocast_trains_a_loadable_model(tmp_path: Path) -> None:
+    card = train(dataclasses.replace(TINY, autocast_bf16=True), tmp_path / "bf16")
+    train(TINY, tmp_path / "fp32")
+    bf16, fp32 = _weights(tmp_path / "bf16"), _weights(tmp_path / "fp32")
+    assert math.isfinite(card["val_nelbo"])
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in bf16)  # the autocast changed the maths
+    assert card["config"]["autocast_bf16"] is True
+    assert load_model(tmp_path / "bf16").shape.num_layers == 1
+
+
+@pytest.mark.parametrize(("device", "message"), [("tpu", "expected 'cpu', 'cuda'"), ("cuda", "sees no CUDA GPU")])
+def test_unusable_device_is_refused_before_training(tmp_path: Path, device: str, message: str) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: 'cuda' is usable")
+    with pytest.raises(ValueError, match=message):
+        train(TINY, tmp_path / "x", device=device)
+    assert not (tmp_path / "x").exists()
