@@ -9,6 +9,7 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0 0.1667 0.5  # traj., step, infill
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=1   # the proxy's own noise
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=0 --variant-dump runs/v.json
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --full-draws 2 --dump runs/report3.json
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -26,6 +27,10 @@ Figures (``name: value``):
   seed for its generations, infill spans and NELBO masks (same compressed models): its noise
   ceiling; ``spearman_proxy_full_repeat``: the proxy against that repeat;
   ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two draws;
+- with three or more draws of the full evaluator (``--full-draws`` adds draws to a dump):
+  ``spearman_full_pairwise`` (mean rank correlation of two draws), ``full_mean_reliability``
+  (Spearman-Brown: the expected agreement of the mean of all draws with another such mean) and
+  ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws;
 - ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
   (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
@@ -44,6 +49,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -145,6 +151,31 @@ def full_parts(rows: list[dict[str, float]]) -> dict[str, list[float]]:
             "agreement": [1.0 - r["full.agreement"] for r in rows]}
 
 
+def full_draws(rows: list[dict[str, float]]) -> list[list[float]]:
+    """Every draw of the full evaluator's score the rows hold (``full``, ``full_repeat``, ``full_draw<seed>``)."""
+    names = [key for key in rows[0] if key in ("full", "full_repeat") or re.fullmatch(r"full_draw\d+", key)]
+    return [[row[name] for row in rows] for name in names]
+
+
+def add_full_draws(rows: list[dict[str, float]], seed: int, draw_seeds: list[int]) -> list[dict[str, float]]:
+    """The dump's rows with the full evaluator's score under each of ``draw_seeds`` added as
+    ``full_draw<seed>`` (the dump's Plans regenerated from ``seed``, compressed as the dump's were)."""
+    adapter = load_model()
+    rng = random.Random(seed)
+    plans = [random_plan(adapter, rng) for _ in rows]
+    defaults = ProxySettings()
+    compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
+    out = [dict(row) for row in rows]
+    for draw_seed in draw_seeds:
+        if draw_seed in (0, 1):
+            raise ValueError(f"--full-draws: seed {draw_seed} is already the dump's full / full_repeat; use >= 2")
+        evaluator = FullEvaluator(adapter, FullSettings(seed=draw_seed))
+        evaluator.compressor = compressor
+        for plan, row in zip(tqdm(plans, desc=f"full draw {draw_seed}", file=sys.stderr), out, strict=True):
+            row[f"full_draw{draw_seed}"] = evaluator.evaluate(plan).score
+    return out
+
+
 def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     """Rank correlations of every proxy variant with the full evaluator (see the module docstring)."""
     column = {key: [row[key] for row in rows] for key in rows[0]}
@@ -165,6 +196,15 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     }
     for part, values in full_parts(rows).items():  # what the full evaluator's ranking is made of
         figures[f"spearman_full_part_{part}_full"] = spearman(values, column["full"])
+    draws = full_draws(rows)
+    if len(draws) >= 3:
+        pairs = [spearman(a, b) for a, b in itertools.combinations(draws, 2)]
+        pairwise = sum(pairs) / len(pairs)
+        mean_all = [sum(values) / len(values) for values in zip(*draws, strict=True)]
+        figures |= {"full_draws": float(len(draws)), "spearman_full_pairwise": pairwise,
+                    "full_mean_reliability": len(draws) * pairwise / (1 + (len(draws) - 1) * pairwise),
+                    "spearman_proxy_full_all": spearman(column["proxy"], mean_all),
+                    "spearman_low_full_all": spearman(column["low"], mean_all)}
     if "full_repeat" in column:
         figures["spearman_full_repeat"] = spearman(column["full"], column["full_repeat"])
         figures["kendall_full_repeat"] = kendall(column["full"], column["full_repeat"])
@@ -220,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random Plans (tune on 1, report 0)")
     parser.add_argument("--full-repeat", action="store_true",
                         help="score every Plan a second time by the full evaluator under another seed")
-    parser.add_argument("--dump", type=Path, default=None, help="write every Plan's metrics to this JSON file")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write every Plan's metrics to this JSON file (with --from-dump and --full-draws: "
+                             "the dump with the draws added)")
     parser.add_argument("--from-dump", type=Path, default=None,
                         help="recompute the correlations from a --dump file instead of scoring Plans")
     parser.add_argument("--tune", action="store_true",
@@ -232,12 +274,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                              "(e.g. unconditional_rows=4 or seed=1) against the dumped full scores")
     parser.add_argument("--variant-dump", type=Path, default=None,
                         help="with --variant: write the variant's metrics per Plan to this JSON file")
+    parser.add_argument("--full-draws", type=int, nargs="+", metavar="SEED", default=None,
+                        help="with --from-dump: score the dump's Plans by the full evaluator under these further seeds "
+                             "(>= 2) and write the dump with them added to --dump")
     parser.add_argument("--low-weights", type=float, nargs=3, metavar=("TRAJECTORY", "STEP", "INFILL"), default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
         dumped = json.loads(args.from_dump.read_text())
         rows = dumped["rows"]
+        if args.full_draws:
+            rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws)
+            if args.dump is not None:
+                args.dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
         figures = {"plans": float(len(rows)), "seed": float(dumped["seed"]), **correlations(rows)}
         if args.tune:
             figures.update(tuned_weights(rows))
