@@ -23,14 +23,16 @@ Figures (``name: value``):
 
 - ``spearman_proxy_full`` / ``kendall_proxy_full``: proxy vs full evaluator;
 - ``spearman_low_full`` / ``kendall_low_full``: low-fidelity proxy vs full evaluator;
-- ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under another
-  seed for its generations, infill spans and NELBO masks (same compressed models): its noise
+- ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under seeds
+  it did not use (its generations, infill spans and NELBO masks; same compressed models): its noise
   ceiling; ``spearman_proxy_full_repeat``: the proxy against that repeat;
-  ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two draws;
-- with three or more draws of the full evaluator (``--full-draws`` adds draws to a dump):
+  ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two;
+- with three or more one-draw scores of the full evaluator (dumps made with ``draws=1``, which is
+  how the session-4 dumps were made; ``--full-draws`` adds draws to such a dump):
   ``spearman_full_pairwise`` (mean rank correlation of two draws), ``full_mean_reliability``
   (Spearman-Brown: the expected agreement of the mean of all draws with another such mean) and
-  ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws;
+  ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws, which for
+  draws 0, 1, 2 is exactly the package's full evaluator (``draws=3``);
 - ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
   (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
@@ -73,7 +75,8 @@ METHODS = ("magnitude", "wanda", "sink_wanda")
 STEPS = (8, 16, 32, 64)
 QUICK_PROXY = ProxySettings(windows=4, low_fidelity_windows=2, unconditional_rows=2, infill_windows=4,
                             calibration_sequences=8, step_rows=2, nelbo_repeats=4, step_nelbo_repeats=4)
-QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibration_sequences=8, nelbo_repeats=4)
+QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibration_sequences=8, nelbo_repeats=4,
+                          draws=1)
 
 
 def random_plan(adapter: DLMAdapter, rng: random.Random) -> Plan:
@@ -169,7 +172,7 @@ def add_full_draws(rows: list[dict[str, float]], seed: int, draw_seeds: list[int
     for draw_seed in draw_seeds:
         if draw_seed in (0, 1):
             raise ValueError(f"--full-draws: seed {draw_seed} is already the dump's full / full_repeat; use >= 2")
-        evaluator = FullEvaluator(adapter, FullSettings(seed=draw_seed))
+        evaluator = FullEvaluator(adapter, FullSettings(seed=draw_seed, draws=1))
         evaluator.compressor = compressor
         for plan, row in zip(tqdm(plans, desc=f"full draw {draw_seed}", file=sys.stderr), out, strict=True):
             row[f"full_draw{draw_seed}"] = evaluator.evaluate(plan).score
@@ -246,6 +249,11 @@ def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[s
                "variant_spearman_proxy_full": spearman([r["proxy"] for r in scored], full),
                "variant_spearman_low_full": spearman([r["low"] for r in scored], full),
                "variant_spearman_proxy": spearman([r["proxy"] for r in scored], [row["proxy"] for row in rows])}
+    draws = full_draws(rows)
+    if len(draws) >= 3:
+        mean_all = [sum(values) / len(values) for values in zip(*draws, strict=True)]
+        figures["variant_spearman_proxy_full_all"] = spearman([r["proxy"] for r in scored], mean_all)
+        figures["variant_spearman_low_full_all"] = spearman([r["low"] for r in scored], mean_all)
     if "full_repeat" in rows[0]:
         mean = [(r["full"] + r["full_repeat"]) / 2 for r in rows]
         figures["variant_spearman_proxy_full_mean"] = spearman([r["proxy"] for r in scored], mean)
@@ -284,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dumped = json.loads(args.from_dump.read_text())
         rows = dumped["rows"]
         if args.full_draws:
+            if dumped.get("full_draws", 1) != 1:
+                parser.error(f"--full-draws: the dump's full scores already average {dumped['full_draws']} draws; "
+                             "single draws can be added to a dump of one-draw scores only")
             rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws)
             if args.dump is not None:
                 args.dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
@@ -314,7 +325,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     proxy, full = evaluators(adapter, args.quick)
     repeat = None
     if args.full_repeat:
-        repeat = FullEvaluator(adapter, dataclasses.replace(full.settings, seed=full.settings.seed + 1))
+        # seeds after the first evaluator's draws: the repeat shares none of them
+        repeat_seed = full.settings.seed + full.settings.draws
+        repeat = FullEvaluator(adapter, dataclasses.replace(full.settings, seed=repeat_seed))
         repeat.compressor = proxy.compressor
     windows = eval_windows(adapter.encode(load_split("evaluation")), 128, 16 if args.quick else 64)
     rng = random.Random(args.seed)
@@ -342,7 +355,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             row["nelbo"] = evaluate_nelbo(proxy.compressed(plan).forward_logits, windows, adapter.mask_token_id)
         rows.append(row)
         if args.dump is not None:
-            args.dump.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "rows": rows}, indent=1))
+            args.dump.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "full_draws": full.settings.draws,
+                                             "rows": rows}, indent=1))
     figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
                "seconds_per_plan_proxy": timing["proxy"] / n_plans,
                "seconds_per_plan_low": timing["low"] / n_plans,

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         chosen += [r.number for r in front_rows(study) if r.number not in chosen][:5]
     adapter = load_model()
     calibration = CalibrationSet.from_split(adapter, n_sequences=16)
-    full = FullEvaluator(adapter, FullSettings(infill_windows=8, prompts=4, unconditional=2, calibration_sequences=16)
+    full = FullEvaluator(adapter, FullSettings(infill_windows=8, prompts=4, unconditional=2, calibration_sequences=16,
+                                               draws=1)
                          if args.quick else None)
     prompt_length = json.loads(json.dumps(study.user_attrs["dlmsearch.spec"]))["generation"]["prompt_length"]
     figures: dict[str, float] = {}

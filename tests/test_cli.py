@@ -100,6 +100,7 @@ def test_evaluate_scores_a_plan_with_either_evaluator(tmp_path: Path, capsys: py
     full = json.loads(capsys.readouterr().out)
     assert full["evaluator"] == "full" and full["fidelity"] == "full" and full["score"] > 0
     assert 0.0 <= full["metrics"]["agreement"] < 1.0 and "gen_nelbo" in full["metrics"]
+    assert full["metrics"]["draws"] == 3 and full["metrics"]["score_sd"] >= 0.0
     assert main(["evaluate", str(plan_path), "--evaluator", "proxy", "--fidelity", "low", "--set", "windows=2",
                  "--set", "low_fidelity_windows=1", "--set", "low_fidelity_infill_windows=1",
                  "--set", "calibration_sequences=2"]) == 0
@@ -118,6 +119,7 @@ def test_evaluate_reads_users_prompts_and_names_bad_input(tmp_path: Path, capsys
     assert dense["score"] == 0.0 and dense["metrics"]["agreement"] == 1.0
     for extra, message in ((["--set", "rows=3"], "--set 'rows=3': allowed: KEY=VALUE with KEY one of"),
                            (["--set", "prompts=many"], "--set prompts='many': must be an integer"),
+                           (["--set", "draws=0"], "draws=0: must be >= 1"),
                            (["--prompts", str(tmp_path / "none.txt")], "--prompts: "),
                            (["--evaluator", "proxy", "--prompts", str(prompts)], "only the full evaluator")):
         assert main(["evaluate", str(plan_path), *extra]) == 2

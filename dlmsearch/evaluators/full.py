@@ -18,10 +18,18 @@ Three measurements, all against the dense model under the same seeds:
   one differing token sends a generation elsewhere, so it sat at 0.08-0.10 for nearly every
   compressed Plan, noise rather than signal.)
 
-Score (lower is better, about 0 for the dense model)::
+Score of one draw (lower is better, about 0 for the dense model)::
 
-    score = (infill_dense - infill) + max(0, gen_nelbo - gen_nelbo_dense)
-            + max(0, diversity_dense - diversity) + 0.5 * (1 - agreement)
+    draw = (infill_dense - infill) + max(0, gen_nelbo - gen_nelbo_dense)
+           + max(0, diversity_dense - diversity) + 0.5 * (1 - agreement)
+
+The score is the mean over ``draws`` independent draws (``draws`` seeds: generations, infill span
+places and NELBO masks; each against the dense model under its own seed), and every metric is
+the mean of its draws; ``score_sd`` is the spread of the draws' scores, so a difference between
+two Plans can be read against it. Why three: one draw ranked 24 random Plans like another at
+Spearman 0.91 only (40 Plans: 0.97), the generative NELBO of sampled text being the noisy part;
+the mean of three is expected to agree with another such mean at 0.97 (bench/RESULTS.md).
+``fidelity="low"`` is one draw of a quarter of the rows and windows.
 
 The held-out windows sit halfway between the proxy's (``window_phase``) and every generation and
 NELBO mask uses ``seed + FULL_SEED_OFFSET``: the proxy and the full evaluator share no text and no
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,6 +84,11 @@ class FullSettings:
     split: str = "evaluation"
     nelbo_repeats: int = 16  # masked states per generated row for its NELBO (4 left the NELBO gap noisy)
     window_phase: float = 0.5  # windows halfway between the proxy's: no shared text
+    draws: int = 3  # independent draws averaged (seeds seed, seed + 1, ...); low fidelity makes one
+
+    def __post_init__(self) -> None:
+        if self.draws < 1:
+            raise ValueError(f"draws={self.draws}: must be >= 1 (independent measurements averaged)")
 
 
 @dataclass(frozen=True)
@@ -107,10 +121,11 @@ class FullEvaluator(BaseEvaluator):
         ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         self.windows = eval_windows(ids, length, max(s.infill_windows, s.prompts), s.window_phase)
-        self.infill_task = InfillTask.with_spans(self.windows, s.infill_spans, s.infill_span, self.seed)
+        self.infill_tasks = [InfillTask.with_spans(self.windows, s.infill_spans, s.infill_span, self.seed + draw)
+                             for draw in range(s.draws)]
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
                                          self.settings.seed)
-        self._dense_cache: dict[tuple[int, int, str], _Measured] = {}
+        self._dense_cache: dict[tuple[int, int, str, int], _Measured] = {}
 
     def _counts(self, fidelity: str) -> tuple[int, int, int]:
         s = self.settings
@@ -124,18 +139,19 @@ class FullEvaluator(BaseEvaluator):
 
     @property
     def seed(self) -> int:
-        """The seed of every draw (generations, NELBO masks, infill spans): ``settings.seed + FULL_SEED_OFFSET``."""
+        """The seed of the first draw (generations, NELBO masks, infill spans): ``settings.seed +
+        FULL_SEED_OFFSET``; draw ``d`` uses ``seed + d``."""
         return self.settings.seed + FULL_SEED_OFFSET
 
     @torch.no_grad()
     def generations(self, model: DLMAdapter, sampler: SamplerSettings, prompts: int,
-                    unconditional: int) -> torch.Tensor:
-        """Generated tokens (prompted rows, then unconditional rows), (rows, gen_length).
+                    unconditional: int, draw: int = 0) -> torch.Tensor:
+        """Generated tokens (prompted rows, then unconditional rows) of one draw, (rows, gen_length).
 
         Prompted rows use the sampler as the Plan sets it; unconditional rows sample at
         temperature 1 (greedy decoding from an empty prompt would give identical rows).
         """
-        seed, settings = self.seed, dataclasses.asdict(sampler)
+        seed, settings = self.seed + draw, dataclasses.asdict(sampler)
         if self.user_prompts:  # prompts of different lengths: one generation each
             prompted = torch.cat([generate(model, p, seed=seed, **settings)[:, p.numel():]
                                   for p in self.user_prompts[:prompts]])
@@ -146,36 +162,47 @@ class FullEvaluator(BaseEvaluator):
         free = generate(model, torch.empty(unconditional, 0, dtype=torch.long), seed=seed, **sampled)
         return torch.cat([prompted.cpu(), free.cpu()])
 
-    def _measure(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str) -> _Measured:
+    def _measure(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
         windows, prompts, free = self._counts(fidelity)
-        tokens = self.generations(model, sampler, prompts, free)
-        nelbo = evaluate_nelbo(self.dense.forward_logits, tokens, self.dense.mask_token_id, seed=self.seed,
+        task = self.infill_tasks[draw]
+        tokens = self.generations(model, sampler, prompts, free, draw)
+        nelbo = evaluate_nelbo(self.dense.forward_logits, tokens, self.dense.mask_token_id, seed=self.seed + draw,
                                repeats=self.settings.nelbo_repeats, batch_size=64)
-        infilled = self.infill_task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
-        accuracy = float((infilled == self.infill_task.truth(windows)).float().mean())
+        infilled = task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
+        accuracy = float((infilled == task.truth(windows)).float().mean())
         return _Measured(tokens, infilled, accuracy, nelbo, distinct_ngrams(tokens))
 
-    def _dense_reference(self, sampler: SamplerSettings, fidelity: str) -> _Measured:
-        """The dense model at one token per step, for this generation shape (computed once)."""
-        key = (sampler.gen_length, sampler.block_length, fidelity)
+    def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
+        """The dense model at one token per step, for this generation shape and draw (computed once)."""
+        key = (sampler.gen_length, sampler.block_length, fidelity, draw)
         if key not in self._dense_cache:
             best = SamplerSettings(steps=sampler.gen_length, gen_length=sampler.gen_length,
                                    block_length=sampler.block_length)
-            self._dense_cache[key] = self._measure(self.dense, best, fidelity)
+            self._dense_cache[key] = self._measure(self.dense, best, fidelity, draw)
         return self._dense_cache[key]
 
-    def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
-        """Full quality of ``plan``: infill, generative NELBO with a diversity guard, agreement."""
-        check_fidelity(fidelity)
-        plan.validate_for(self.dense)
-        dense = self._dense_reference(plan.sampler, fidelity)
-        got = self._measure(self.compressed(plan), plan.sampler, fidelity)
+    def _draw(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str, draw: int) -> dict[str, float]:
+        """Score and metrics of one draw."""
+        dense = self._dense_reference(sampler, fidelity, draw)
+        got = self._measure(model, sampler, fidelity, draw)
         agreement = float((got.infilled == dense.infilled).float().mean())
         score = ((dense.infill_accuracy - got.infill_accuracy) + max(0.0, got.nelbo - dense.nelbo)
                  + max(0.0, dense.diversity - got.diversity) + AGREEMENT_WEIGHT * (1.0 - agreement))
-        metrics = {"infill_accuracy": got.infill_accuracy, "gen_nelbo": got.nelbo, "gen_diversity": got.diversity,
-                   "agreement": agreement,
-                   "generation_agreement": float((got.tokens == dense.tokens).float().mean()),
-                   "dense_infill_accuracy": dense.infill_accuracy,
-                   "dense_gen_nelbo": dense.nelbo, "dense_gen_diversity": dense.diversity}
-        return QualityResult(score, metrics, fidelity)
+        return {"score": score, "infill_accuracy": got.infill_accuracy, "gen_nelbo": got.nelbo,
+                "gen_diversity": got.diversity, "agreement": agreement,
+                "generation_agreement": float((got.tokens == dense.tokens).float().mean()),
+                "dense_infill_accuracy": dense.infill_accuracy,
+                "dense_gen_nelbo": dense.nelbo, "dense_gen_diversity": dense.diversity}
+
+    def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
+        """Full quality of ``plan``: infill, generative NELBO with a diversity guard, agreement; the mean
+        of ``draws`` draws (one at low fidelity), with their spread as ``score_sd``."""
+        check_fidelity(fidelity)
+        plan.validate_for(self.dense)
+        model = self.compressed(plan)
+        draws = [self._draw(model, plan.sampler, fidelity, d)
+                 for d in range(1 if fidelity == "low" else self.settings.draws)]
+        mean = {key: statistics.fmean(d[key] for d in draws) for key in draws[0]}
+        score = mean.pop("score")
+        spread = statistics.stdev(d["score"] for d in draws) if len(draws) > 1 else 0.0
+        return QualityResult(score, {**mean, "score_sd": spread, "draws": float(len(draws))}, fidelity)

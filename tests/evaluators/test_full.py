@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,6 +30,27 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
     assert evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)) == harsh
     low = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8), "low")
     assert low.fidelity == "low"
+
+
+def test_the_score_is_the_mean_of_independent_draws() -> None:
+    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
+    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
+    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    one = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
+                       prompt_length=8, unconditional=2, draws=1)
+    first, second, both = (FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
+                           for settings in (one, dataclasses.replace(one, seed=1), dataclasses.replace(one, draws=2)))
+    second.compressor = both.compressor = first.compressor
+    plan = uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)
+    a, b, mean = first.evaluate(plan), second.evaluate(plan), both.evaluate(plan)
+    assert a.score != b.score  # the draws differ: other generations, spans and NELBO masks
+    assert mean.score == pytest.approx((a.score + b.score) / 2, abs=1e-12)
+    assert mean.metrics["gen_nelbo"] == pytest.approx((a.metrics["gen_nelbo"] + b.metrics["gen_nelbo"]) / 2)
+    assert mean.metrics["score_sd"] == pytest.approx(abs(a.score - b.score) / 2 ** 0.5)
+    assert mean.metrics["draws"] == 2 and a.metrics["score_sd"] == 0.0
+    assert both.evaluate(plan, "low").metrics["draws"] == 1
+    with pytest.raises(ValueError, match="draws=0: must be >= 1"):
+        FullSettings(draws=0)
 
 
 def test_distinct_ngrams_sees_repetition() -> None:
