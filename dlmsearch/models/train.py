@@ -156,7 +156,7 @@ attention mask. {card['parameters']:,} parameters, stored as fp16 safetensors.
 | final validation NELBO (calibration plays) | {card['val_nelbo']:.4f} nats/char |
 | evaluation NELBO (held-out plays) | {card.get('eval_nelbo', float('nan')):.4f} nats/char |
 | unigram entropy (held-out plays) | {card['unigram_entropy']:.4f} nats/char |
-
+{_chain_totals(card)}
 ## Hyperparameters
 
 | name | value |
@@ -177,6 +177,20 @@ torch {card['torch']}, transformers {card['transformers']}.
 """
 
 
+def _chain_totals(card: dict[str, Any]) -> str:
+    """Table rows totalling this run and the runs it continued (empty for a run from scratch)."""
+    runs = [card]
+    while runs[-1].get("previous"):
+        runs.append(runs[-1]["previous"])
+    if len(runs) == 1:
+        return ""
+    steps = sum(run["steps_done"] for run in runs)
+    tokens = sum(run["tokens_seen"] for run in runs)
+    minutes = sum(run["elapsed_s"] for run in runs) / 60
+    return (f"| all {len(runs)} runs (this one and those it continued) | {steps:,} steps, {tokens:,} tokens, "
+            f"{minutes:.0f} min |\n")
+
+
 def _previous_runs(card: dict[str, Any]) -> str:
     """Markdown lines naming the runs this one continued (``--init-from``), oldest last."""
     lines = []
@@ -185,7 +199,7 @@ def _previous_runs(card: dict[str, Any]) -> str:
         lines.append(f"continuing a run of {previous['steps_done']:,} steps "
                      f"(validation NELBO {previous['val_nelbo']:.4f}) made with\n\n    {previous['command']}\n")
         previous = previous.get("previous")
-    return "\n".join(lines)
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,

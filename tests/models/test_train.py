@@ -49,7 +49,9 @@ def test_training_can_continue_from_a_finished_model(tmp_path: Path) -> None:
     train(TINY, tmp_path / "first")
     card = train(TINY, tmp_path / "second", init_from=tmp_path / "first")
     assert card["previous"]["steps_done"] == 4
-    assert "continuing a run of 4 steps" in (tmp_path / "second" / "MODEL_CARD.md").read_text()
+    text = (tmp_path / "second" / "MODEL_CARD.md").read_text()
+    assert "continuing a run of 4 steps" in text
+    assert "| all 2 runs (this one and those it continued) | 8 steps, " in text
 
 
 def test_bf16_autocast_trains_a_loadable_model(tmp_path: Path) -> None:
