@@ -177,11 +177,17 @@ torch {card['torch']}, transformers {card['transformers']}.
 """
 
 
-def _chain_totals(card: dict[str, Any]) -> str:
-    """Table rows totalling this run and the runs it continued (empty for a run from scratch)."""
+def _chain(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's record, then those of the runs it continued (``--init-from``), oldest last."""
     runs = [card]
     while runs[-1].get("previous"):
         runs.append(runs[-1]["previous"])
+    return runs
+
+
+def _chain_totals(card: dict[str, Any]) -> str:
+    """Table rows totalling this run and the runs it continued (empty for a run from scratch)."""
+    runs = _chain(card)
     if len(runs) == 1:
         return ""
     steps = sum(run["steps_done"] for run in runs)
@@ -193,12 +199,9 @@ def _chain_totals(card: dict[str, Any]) -> str:
 
 def _previous_runs(card: dict[str, Any]) -> str:
     """Markdown lines naming the runs this one continued (``--init-from``), oldest last."""
-    lines = []
-    previous = card.get("previous")
-    while previous:
-        lines.append(f"continuing a run of {previous['steps_done']:,} steps "
-                     f"(validation NELBO {previous['val_nelbo']:.4f}) made with\n\n    {previous['command']}\n")
-        previous = previous.get("previous")
+    lines = [f"continuing a run of {previous['steps_done']:,} steps "
+             f"(validation NELBO {previous['val_nelbo']:.4f}) made with\n\n    {previous['command']}\n"
+             for previous in _chain(card)[1:]]
     return "\n" + "\n".join(lines) if lines else ""
 
 
@@ -232,6 +235,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
     shape = EmbeddedModelShape(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size,
                                cfg.seq_len)
     model = LlamaForCausalLM(shape.llama_config(tokenizer.vocab_size))
+    _move(model, target)  # before the optimizer exists; loaded weights and optimizer state follow it
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -259,14 +263,11 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, threads: int = 0,
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
-        _move(model, target)  # before the optimizer state, which follows its parameters' device
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start_step = int(state["step"])
         card = json.loads((out / "training.json").read_text())
         logger.info("resumed from step %d", start_step)
-
-    _move(model, target)
 
     def logits_on_cpu(ids: torch.Tensor) -> torch.Tensor:
         return model_logits(model, ids.to(target)).float().cpu()
