@@ -27,8 +27,9 @@ Figures (``name: value``):
   it did not use (its generations, infill spans and NELBO masks; same compressed models): its noise
   ceiling; ``spearman_proxy_full_repeat``: the proxy against that repeat;
   ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two;
-- with three or more one-draw scores of the full evaluator (dumps made with ``draws=1``, which is
-  how the session-4 dumps were made; ``--full-draws`` adds draws to such a dump):
+- with three or more one-draw scores of the full evaluator (the draws of the package's full
+  evaluator, ``draws=3``; or dumps made with ``draws=1``, which is how the session-4 dumps were made,
+  and ``--full-draws`` adds draws to such a dump):
   ``spearman_full_pairwise`` (mean rank correlation of two draws), ``full_mean_reliability``
   (Spearman-Brown: the expected agreement of the mean of all draws with another such mean) and
   ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws, which for
@@ -155,8 +156,11 @@ def full_parts(rows: list[dict[str, float]]) -> dict[str, list[float]]:
 
 
 def full_draws(rows: list[dict[str, float]]) -> list[list[float]]:
-    """Every draw of the full evaluator's score the rows hold (``full``, ``full_repeat``, ``full_draw<seed>``)."""
-    names = [key for key in rows[0] if key in ("full", "full_repeat") or re.fullmatch(r"full_draw\d+", key)]
+    """Every one-draw score of the full evaluator the rows hold: the draws of ``full`` (its
+    ``full.score_draw<d>`` metrics, or ``full`` itself in a dump of one-draw scores), ``full_repeat``
+    and ``full_draw<seed>``."""
+    own = [key for key in rows[0] if re.fullmatch(r"full\.score_draw\d+", key)] or ["full"]
+    names = own + [key for key in rows[0] if key == "full_repeat" or re.fullmatch(r"full_draw\d+", key)]
     return [[row[name] for row in rows] for name in names]
 
 

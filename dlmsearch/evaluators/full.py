@@ -25,10 +25,11 @@ Score of one draw (lower is better, about 0 for the dense model)::
 
 The score is the mean over ``draws`` independent draws (``draws`` seeds: generations, infill span
 places and NELBO masks; each against the dense model under its own seed), and every metric is
-the mean of its draws; ``score_sd`` is the spread of the draws' scores, so a difference between
-two Plans can be read against it. Why three: one draw ranked 24 random Plans like another at
-Spearman 0.92 only (40 Plans: 0.96), the generative NELBO of sampled text being the noisy part;
-the mean of three is expected to agree with another such mean at 0.97-0.99 (bench/RESULTS.md).
+the mean of its draws; ``score_sd`` is the spread of the draws' scores (``score_draw<d>`` each
+draw's), so a difference between two Plans can be read against it. Why three: one draw ranked 24
+random Plans like another at Spearman 0.92 only (40 Plans: 0.96), the generative NELBO of sampled
+text being the noisy part; the mean of three is expected to agree with another such mean at
+0.97-0.99 (bench/RESULTS.md).
 ``fidelity="low"`` is one draw of a quarter of the rows and windows.
 
 The held-out windows sit halfway between the proxy's (``window_phase``) and every generation and
@@ -196,7 +197,8 @@ class FullEvaluator(BaseEvaluator):
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
         """Full quality of ``plan``: infill, generative NELBO with a diversity guard, agreement; the mean
-        of ``draws`` draws (one at low fidelity), with their spread as ``score_sd``."""
+        of ``draws`` draws (one at low fidelity), with their spread as ``score_sd`` and each draw's score as
+        ``score_draw<d>``."""
         check_fidelity(fidelity)
         plan.validate_for(self.dense)
         model = self.compressed(plan)
@@ -205,4 +207,5 @@ class FullEvaluator(BaseEvaluator):
         mean = {key: statistics.fmean(d[key] for d in draws) for key in draws[0]}
         score = mean.pop("score")
         spread = statistics.stdev(d["score"] for d in draws) if len(draws) > 1 else 0.0
-        return QualityResult(score, {**mean, "score_sd": spread, "draws": float(len(draws))}, fidelity)
+        each = {f"score_draw{d}": draw["score"] for d, draw in enumerate(draws)}
+        return QualityResult(score, {**mean, "score_sd": spread, "draws": float(len(draws)), **each}, fidelity)

@@ -48,6 +48,7 @@ def test_the_score_is_the_mean_of_independent_draws() -> None:
     assert mean.metrics["gen_nelbo"] == pytest.approx((a.metrics["gen_nelbo"] + b.metrics["gen_nelbo"]) / 2)
     assert mean.metrics["score_sd"] == pytest.approx(abs(a.score - b.score) / 2 ** 0.5)
     assert mean.metrics["draws"] == 2 and a.metrics["score_sd"] == 0.0
+    assert (mean.metrics["score_draw0"], mean.metrics["score_draw1"]) == pytest.approx((a.score, b.score), abs=1e-12)
     assert both.evaluate(plan, "low").metrics["draws"] == 1
     with pytest.raises(ValueError, match="draws=0: must be >= 1"):
         FullSettings(draws=0)
