@@ -312,11 +312,13 @@ class ProxyEvaluator(BaseEvaluator):
         """KL(dense || compressed) at the masked states of ``fidelity`` ("low" or "full").
 
         ``kl``: mean over masked positions; ``kl_state``: mean over states of each state's mean
-        (every denoising stage counts equally, as every sampler step does).
+        (every denoising stage counts equally, as every sampler step does); ``kl_early`` /
+        ``kl_late``: mean over the masked positions of the states before / from half-way through
+        denoising (mask ratio above / at most 0.5).
         """
         check_fidelity(fidelity)
         chunks = self.states.low_chunks if fidelity == "low" else self.states.full_chunks
-        total, count, state_means = 0.0, 0, []
+        totals, counts_by_half, state_means = [0.0, 0.0], [0, 0], []
         for c in chunks:
             start, end = self.states.chunks[c]
             logq = self._chunk_logprobs(model, c, self._rows_by_group(plan, c))
@@ -325,10 +327,14 @@ class ProxyEvaluator(BaseEvaluator):
             row = self.states.masked[start:end].nonzero()[:, 0]
             sums = torch.zeros(end - start, dtype=torch.float64).index_add_(0, row, per_position)
             counts = self.states.masked[start:end].sum(dim=1)
-            total += float(sums.sum())
-            count += int(counts.sum())
+            late = self.states.mask_ratio[start:end] <= 0.5
+            for half, rows in enumerate((~late, late)):
+                totals[half] += float(sums[rows].sum())
+                counts_by_half[half] += int(counts[rows].sum())
             state_means += (sums[counts > 0] / counts[counts > 0]).tolist()
-        return {"kl": total / max(count, 1), "kl_state": sum(state_means) / max(len(state_means), 1)}
+        return {"kl": sum(totals) / max(sum(counts_by_half), 1),
+                "kl_state": sum(state_means) / max(len(state_means), 1),
+                "kl_early": totals[0] / max(counts_by_half[0], 1), "kl_late": totals[1] / max(counts_by_half[1], 1)}
 
     def masked_kl_of(self, plan: Plan, fidelity: str = "low") -> float:
         """KL term alone of ``plan`` (no generation): what sensitivity profiles measure."""
