@@ -104,7 +104,12 @@ def device_description(device: torch.device) -> str:
     """What the model card says the run ran on: the GPU's name, or the CPU thread count."""
     if device.type == "cuda":
         return f"1 GPU ({torch.cuda.get_device_name(device)})"
-    return f"{torch.get_num_threads()} CPU threads"
+    return cpu_threads(torch.get_num_threads())
+
+
+def cpu_threads(count: int) -> str:
+    """``count`` CPU thread(s), in words."""
+    return f"{count} CPU thread" + ("" if count == 1 else "s")
 
 
 def model_logits(model: LlamaForCausalLM, ids: torch.Tensor) -> torch.Tensor:
@@ -152,7 +157,7 @@ attention mask. {card['parameters']:,} parameters, stored as fp16 safetensors.
 | --- | --- |
 | steps done | {card['steps_done']:,} of {cfg['steps']:,} |
 | tokens seen | {card['tokens_seen']:,} |
-| training time | {card['elapsed_s'] / 60:.1f} min on {card.get('device', f"{card['threads']} CPU threads")} |
+| training time | {card['elapsed_s'] / 60:.1f} min on {card.get('device', cpu_threads(card['threads']))} |
 | final validation NELBO (calibration plays) | {card['val_nelbo']:.4f} nats/char |
 | evaluation NELBO (held-out plays) | {card.get('eval_nelbo', float('nan')):.4f} nats/char |
 | unigram entropy (held-out plays) | {card['unigram_entropy']:.4f} nats/char |
