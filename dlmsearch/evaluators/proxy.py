@@ -29,11 +29,15 @@ agreement term). What each term sees, and why (figures: bench/RESULTS.md):
   ``infill_windows`` windows of ``infill_window_length`` characters are filled by the compressed
   model with the Plan's passes per token and block length
   (:class:`~dlmsearch.evaluators.infill_task.InfillTask`); the share of characters equal to the
-  dense model's fill at one pass per token (cached). Filling is greedy, so this term carries no
-  sampling noise; it is the full evaluator's agreement measurement on the proxy's own windows and
-  seeds. One word-length span in each of 32 windows of 32 characters costs a quarter of four spans
-  in each of 8 windows of 128 (a fill costs passes x window length) and ranked Plans as well
-  (bench/RESULTS.md).
+  dense model's fill *with the same passes and blocks* (cached per sampler setting). Filling is
+  greedy, so this term carries no sampling noise. It measures what compression does at the Plan's
+  step count; the step count's own cost is the free gap's. (Against the dense fill at one pass
+  per token, as the full evaluator's agreement is measured, it charged steps twice: one 6-character
+  span filled in 3 passes commits neighbouring, strongly dependent characters together, so the
+  dense model at 32 steps already disagreed with itself on 35% of them, where the full
+  evaluator's four spans per window, 12 passes, disagree on 13%; bench/RESULTS.md.) One
+  word-length span in each of 32 windows of 32 characters costs a quarter of four spans in each
+  of 8 windows of 128 (a fill costs passes x window length) and ranked Plans as well.
 - ``trajectory`` (off by default): ``trajectory_prompts`` prompts (held-out text) completed with
   the Plan's sampler settings by the compressed model and, once and cached, by the dense model at
   one token per step; ``max(0, NELBO_dense(plan output) - NELBO_dense(dense output)) + 0.5 * (1 -
@@ -92,7 +96,7 @@ FREE_SEED_OFFSET = 1
 NELBO_SEED_OFFSET = 2
 INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 4
+REFERENCE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -373,18 +377,19 @@ class ProxyEvaluator(BaseEvaluator):
 
     @torch.no_grad()
     def infill_term(self, model: DLMAdapter, sampler: SamplerSettings, windows: int) -> dict[str, float]:
-        """Share of the characters ``model`` fills in the spans of the first ``windows`` infill windows (the
-        Plan's passes per token and block length) equal to the dense model's fill at one pass per token
-        (cached on disk); empty when ``windows`` is 0."""
+        """Share of the characters ``model`` fills in the spans of the first ``windows`` infill windows equal
+        to the dense model's fill, both with the Plan's passes per token and block length (the dense fill
+        is cached on disk); empty when ``windows`` is 0."""
         if windows <= 0:
             return {}
-        key = self._key(kind="infill", infill_count=windows, block_length=sampler.block_length)
+        passes = sampler.steps / sampler.gen_length
+        key = self._key(kind="infill", infill_count=windows, block_length=sampler.block_length, passes=passes)
 
         def compute() -> dict[str, torch.Tensor]:
-            return {"filled": self.infill_task.fill(self.dense, 1.0, sampler.block_length, windows)}
+            return {"filled": self.infill_task.fill(self.dense, passes, sampler.block_length, windows)}
 
         reference = cached_tensors("reference_infills", key, compute)["filled"]
-        filled = self.infill_task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
+        filled = self.infill_task.fill(model, passes, sampler.block_length, windows)
         return {"infill_agreement": float((filled == reference).float().mean())}
 
     def step_term(self, sampler: SamplerSettings) -> dict[str, float]:

@@ -120,6 +120,8 @@ def test_infill_windows_of_their_own_length() -> None:
     dense = evaluator.evaluate(_plan(adapter))
     assert dense.score == 0.0 and dense.metrics["infill_agreement"] == 1.0
     assert evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2)).metrics["infill_agreement"] < 1.0
+    # the reference fill uses the Plan's own passes: the dense model at few steps agrees with itself
+    assert evaluator.evaluate(_plan(adapter, steps=2)).metrics["infill_agreement"] == 1.0
     fewer = _evaluator(adapter, dataclasses.replace(settings, infill_windows=1))
     assert torch.equal(fewer.windows, evaluator.windows)  # the KL windows do not move with the infill count
 
