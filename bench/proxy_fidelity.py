@@ -148,10 +148,15 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def full_parts(rows: list[dict[str, float]]) -> dict[str, list[float]]:
-    """The four terms of the full evaluator's score, per Plan (see ``dlmsearch.evaluators.full``)."""
+    """The four terms of the full evaluator's score, per Plan (see ``dlmsearch.evaluators.full``; dumps
+    from before its ``gen_gap`` / ``diversity_gap`` metrics: the pooled gaps)."""
+    def gap(r: dict[str, float], name: str, got: str, dense: str) -> float:
+        return r[name] if name in r else max(0.0, r[got] - r[dense])
+
     return {"infill": [r["full.dense_infill_accuracy"] - r["full.infill_accuracy"] for r in rows],
-            "gen_nelbo": [max(0.0, r["full.gen_nelbo"] - r["full.dense_gen_nelbo"]) for r in rows],
-            "diversity": [max(0.0, r["full.dense_gen_diversity"] - r["full.gen_diversity"]) for r in rows],
+            "gen_nelbo": [gap(r, "full.gen_gap", "full.gen_nelbo", "full.dense_gen_nelbo") for r in rows],
+            "diversity": [gap(r, "full.diversity_gap", "full.dense_gen_diversity", "full.gen_diversity")
+                          for r in rows],
             "agreement": [1.0 - r["full.agreement"] for r in rows]}
 
 

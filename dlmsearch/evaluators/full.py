@@ -12,7 +12,13 @@ Three measurements, all against the dense model under the same seeds:
   Plan's sampler settings and unconditional ones (sampled at temperature 1), scored by the dense
   model's masked-diffusion NELBO (seeded masks). ``gen_diversity`` is the share of distinct 4-grams
   among the generated tokens; a generation less diverse than the dense model's is charged the
-  shortfall, so that degenerate repetition (which the NELBO likes) cannot score well.
+  shortfall, so that degenerate repetition (which the NELBO likes) cannot score well. Both are
+  measured per kind of row (``gen_nelbo_prompted``, ``gen_nelbo_free``, ...), and each kind's gap
+  to the dense model is clipped at 0 before the two are averaged (``gen_gap``,
+  ``diversity_gap``): pooled, the two kinds cancelled. At 8 steps for 64 characters the greedy
+  prompted rows collapse into runs of spaces (likely, not diverse) while the sampled free rows
+  turn to gibberish (unlikely, diverse), and the pooled NELBO and diversity of the two looked
+  almost like the dense model's (bench/RESULTS.md).
 - ``agreement``: share of the infilled characters equal to the dense model's infill at one pass
   per token. (Agreement of free generations is kept as the diagnostic ``generation_agreement``:
   one differing token sends a generation elsewhere, so it sat at 0.08-0.10 for nearly every
@@ -20,8 +26,9 @@ Three measurements, all against the dense model under the same seeds:
 
 Score of one draw (lower is better, about 0 for the dense model)::
 
-    draw = (infill_dense - infill) + max(0, gen_nelbo - gen_nelbo_dense)
-           + max(0, diversity_dense - diversity) + 0.5 * (1 - agreement)
+    draw = (infill_dense - infill) + gen_gap + diversity_gap + 0.5 * (1 - agreement)
+    gen_gap = mean over row kinds k of max(0, gen_nelbo_k - gen_nelbo_dense_k)
+    diversity_gap = mean over row kinds k of max(0, diversity_dense_k - diversity_k)
 
 The score is the mean over ``draws`` independent draws (``draws`` seeds: generations, infill span
 places and NELBO masks; each against the dense model under its own seed), and every metric is
@@ -90,6 +97,16 @@ class FullSettings:
     def __post_init__(self) -> None:
         if self.draws < 1:
             raise ValueError(f"draws={self.draws}: must be >= 1 (independent measurements averaged)")
+        for name in ("prompts", "unconditional"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0 (generated rows)")
+        if self.prompts + self.unconditional < 1:
+            raise ValueError(f"prompts={self.prompts}, unconditional={self.unconditional}: at least one row must be "
+                             "generated")
+
+
+#: The two kinds of generated rows, scored apart (see the module docstring).
+ROW_KINDS = ("prompted", "free")
 
 
 @dataclass(frozen=True)
@@ -97,8 +114,13 @@ class _Measured:
     tokens: torch.Tensor
     infilled: torch.Tensor  # the infilled characters, (windows, masked per window)
     infill_accuracy: float
-    nelbo: float
-    diversity: float
+    nelbo: dict[str, float]  # per row kind that has rows
+    diversity: dict[str, float]
+
+
+def _quarter(count: int) -> int:
+    """A quarter of ``count`` for the low fidelity: at least 1, and 0 stays 0."""
+    return min(count, max(1, count // 4))
 
 
 def distinct_ngrams(tokens: torch.Tensor, n: int = NGRAM) -> float:
@@ -131,7 +153,7 @@ class FullEvaluator(BaseEvaluator):
     def _counts(self, fidelity: str) -> tuple[int, int, int]:
         s = self.settings
         if fidelity == "low":
-            return max(1, s.infill_windows // 4), max(1, s.prompts // 4), max(1, s.unconditional // 4)
+            return _quarter(s.infill_windows), _quarter(s.prompts), _quarter(s.unconditional)
         return s.infill_windows, s.prompts, s.unconditional
 
     def compressed(self, plan: Plan) -> DLMAdapter:
@@ -153,25 +175,33 @@ class FullEvaluator(BaseEvaluator):
         temperature 1 (greedy decoding from an empty prompt would give identical rows).
         """
         seed, settings = self.seed + draw, dataclasses.asdict(sampler)
-        if self.user_prompts:  # prompts of different lengths: one generation each
+        none = torch.empty(0, sampler.gen_length, dtype=torch.long)
+        if prompts <= 0:
+            prompted = none
+        elif self.user_prompts:  # prompts of different lengths: one generation each
             prompted = torch.cat([generate(model, p, seed=seed, **settings)[:, p.numel():]
                                   for p in self.user_prompts[:prompts]])
         else:
             length = max(1, min(self.settings.prompt_length, model.shape.max_length - sampler.gen_length))
             prompted = generate(model, self.windows[:prompts, :length], seed=seed, **settings)[:, length:]
         sampled = dataclasses.asdict(dataclasses.replace(sampler, temperature=1.0))
-        free = generate(model, torch.empty(unconditional, 0, dtype=torch.long), seed=seed, **sampled)
+        free = generate(model, torch.empty(unconditional, 0, dtype=torch.long), seed=seed, **sampled) \
+            if unconditional > 0 else none
         return torch.cat([prompted.cpu(), free.cpu()])
 
     def _measure(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
         windows, prompts, free = self._counts(fidelity)
         task = self.infill_tasks[draw]
         tokens = self.generations(model, sampler, prompts, free, draw)
-        nelbo = evaluate_nelbo(self.dense.forward_logits, tokens, self.dense.mask_token_id, seed=self.seed + draw,
-                               repeats=self.settings.nelbo_repeats, batch_size=64)
+        rows = dict(zip(ROW_KINDS, (tokens[:-free] if free else tokens, tokens[len(tokens) - free:]), strict=True))
+        rows = {kind: kind_rows for kind, kind_rows in rows.items() if len(kind_rows)}
+        nelbo = {kind: evaluate_nelbo(self.dense.forward_logits, kind_rows, self.dense.mask_token_id,
+                                      seed=self.seed + draw, repeats=self.settings.nelbo_repeats, batch_size=64)
+                 for kind, kind_rows in rows.items()}
         infilled = task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
         accuracy = float((infilled == task.truth(windows)).float().mean())
-        return _Measured(tokens, infilled, accuracy, nelbo, distinct_ngrams(tokens))
+        return _Measured(tokens, infilled, accuracy, nelbo,
+                         {kind: distinct_ngrams(kind_rows) for kind, kind_rows in rows.items()})
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
         """The dense model at one token per step, for this generation shape and draw (computed once)."""
@@ -187,13 +217,22 @@ class FullEvaluator(BaseEvaluator):
         dense = self._dense_reference(sampler, fidelity, draw)
         got = self._measure(model, sampler, fidelity, draw)
         agreement = float((got.infilled == dense.infilled).float().mean())
-        score = ((dense.infill_accuracy - got.infill_accuracy) + max(0.0, got.nelbo - dense.nelbo)
-                 + max(0.0, dense.diversity - got.diversity) + AGREEMENT_WEIGHT * (1.0 - agreement))
-        return {"score": score, "infill_accuracy": got.infill_accuracy, "gen_nelbo": got.nelbo,
-                "gen_diversity": got.diversity, "agreement": agreement,
+        kinds = list(got.nelbo)
+        gen_gap = statistics.fmean(max(0.0, got.nelbo[k] - dense.nelbo[k]) for k in kinds)
+        diversity_gap = statistics.fmean(max(0.0, dense.diversity[k] - got.diversity[k]) for k in kinds)
+        score = ((dense.infill_accuracy - got.infill_accuracy) + gen_gap + diversity_gap
+                 + AGREEMENT_WEIGHT * (1.0 - agreement))
+        per_kind = {f"{prefix}_{k}": value for k in kinds for prefix, value in (
+            ("gen_nelbo", got.nelbo[k]), ("gen_diversity", got.diversity[k]),
+            ("dense_gen_nelbo", dense.nelbo[k]), ("dense_gen_diversity", dense.diversity[k]))}
+        return {"score": score, "infill_accuracy": got.infill_accuracy, "gen_gap": gen_gap,
+                "diversity_gap": diversity_gap, "agreement": agreement,
+                "gen_nelbo": statistics.fmean(got.nelbo.values()),
+                "gen_diversity": statistics.fmean(got.diversity.values()),
                 "generation_agreement": float((got.tokens == dense.tokens).float().mean()),
                 "dense_infill_accuracy": dense.infill_accuracy,
-                "dense_gen_nelbo": dense.nelbo, "dense_gen_diversity": dense.diversity}
+                "dense_gen_nelbo": statistics.fmean(dense.nelbo.values()),
+                "dense_gen_diversity": statistics.fmean(dense.diversity.values()), **per_kind}
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
         """Full quality of ``plan``: infill, generative NELBO with a diversity guard, agreement; the mean

@@ -55,11 +55,16 @@ fidelity's 2.4 s and 1.8 s). Without free rows the free gap is replaced by
 model (the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs one token
 per step, with ``step_nelbo_repeats`` masks per row; Plan-independent and cached, so its masks
 cost once). It treats the step damage as additive to the compression damage and ranks worse than
-the generating proxy (Spearman with the full evaluator 0.74-0.84 vs 0.87-0.90). Its weight is a
-quarter of ``step_weight``: the dense model's gap at 8 steps for 64 characters (about 1.2 nats)
-is far larger than what 8 steps add to a compressed Plan's full score (about 0.3;
-bench/RESULTS.md), and at 1/3 it swamped the KL (0.70 / 0.71). One free row and four infill
-windows ranked at 0.75 / 0.88 on two sets of Plans for three times the cost, so they stay off.
+the generating proxy (Spearman with the full evaluator 0.74-0.84 vs 0.87-0.90 on the first
+embedded weights; 0.66 / 0.45 vs 0.87 / 0.83 on the better-trained ones, whose dense free rows at
+16 and 32 steps are *more* likely than at one token per step, so this term is 0 there). Its
+weight is a quarter of ``step_weight``: the dense model's gap at 8 steps for 64 characters (about
+1.2 nats) was far larger than what 8 steps add to a compressed Plan's full score (about 0.3;
+bench/RESULTS.md), and at 1/3 it swamped the KL (0.70 / 0.71). The Plan's own free rows are what
+ranks: ``low_fidelity_free_rows=4`` (the full fidelity's rows) ranks at 0.83 / 0.85 on the
+better-trained weights, but at nearly the full fidelity's cost (generation is most of it), so by
+default the low fidelity stays generation-free: under ``fidelity: multi`` its score, well below
+the full fidelity's, only skips Plans far behind a cheaper front member.
 ``steps_prompted_gap`` (the same for greedy prompted rows) is a diagnostic: few steps give
 repetitive text the model finds *likely*, so prompted rows do not show the step damage.
 

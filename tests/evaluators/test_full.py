@@ -32,6 +32,27 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
     assert low.fidelity == "low"
 
 
+def test_prompted_and_free_rows_are_scored_apart() -> None:
+    """Each kind of generated row is compared with the dense model's rows of its kind and clipped at 0
+    before the kinds are averaged, so likely-but-repetitive rows of one kind cannot offset the other's."""
+    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
+    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
+    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=3,
+                            prompt_length=8, unconditional=3, draws=1)
+    evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
+    m = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
+    gaps = [m[f"gen_nelbo_{k}"] - m[f"dense_gen_nelbo_{k}"] for k in ("prompted", "free")]
+    shortfalls = [m[f"dense_gen_diversity_{k}"] - m[f"gen_diversity_{k}"] for k in ("prompted", "free")]
+    assert m["gen_gap"] == pytest.approx(sum(max(0.0, g) for g in gaps) / 2, abs=1e-12)
+    assert m["diversity_gap"] == pytest.approx(sum(max(0.0, d) for d in shortfalls) / 2, abs=1e-12)
+    assert m["gen_nelbo"] == pytest.approx((m["gen_nelbo_prompted"] + m["gen_nelbo_free"]) / 2)
+    only_free = FullEvaluator(adapter, dataclasses.replace(settings, prompts=0), text_ids=ids, calibration=calib)
+    free = only_free.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
+    assert "gen_nelbo_prompted" not in free and free["gen_gap"] == max(0.0, free["gen_nelbo_free"]
+                                                                         - free["dense_gen_nelbo_free"])
+
+
 def test_the_score_is_the_mean_of_independent_draws() -> None:
     adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
     ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
@@ -52,6 +73,10 @@ def test_the_score_is_the_mean_of_independent_draws() -> None:
     assert both.evaluate(plan, "low").metrics["draws"] == 1
     with pytest.raises(ValueError, match="draws=0: must be >= 1"):
         FullSettings(draws=0)
+    with pytest.raises(ValueError, match="prompts=-1: must be >= 0"):
+        FullSettings(prompts=-1)
+    with pytest.raises(ValueError, match="prompts=0, unconditional=0: at least one row"):
+        FullSettings(prompts=0, unconditional=0)
 
 
 def test_distinct_ngrams_sees_repetition() -> None:
