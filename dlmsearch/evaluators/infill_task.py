@@ -30,7 +30,7 @@ def span_masks(shape: torch.Size | tuple[int, int], spans: int, span: int, seed:
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.randint(0, segment - span + 1, (rows, spans), generator=generator)
     starts = 1 + torch.arange(spans) * segment + offsets  # (rows, spans)
-    positions = (starts[..., None] + torch.arange(span)).view(rows, -1)
+    positions = (starts[..., None] + torch.arange(span)).reshape(rows, spans * span)
     return torch.zeros(rows, length, dtype=torch.bool).scatter_(1, positions, True)
 
 

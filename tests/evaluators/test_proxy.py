@@ -18,7 +18,7 @@ from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import Plan, uniform_plan
 
 SETTINGS = ProxySettings(windows=6, window_length=32, repeats=2, low_fidelity_windows=2, trajectory_prompts=2,
-                         prompt_length=8)
+                         prompt_length=8, infill_windows=8)
 
 
 @pytest.fixture(autouse=True)
@@ -200,3 +200,12 @@ def test_a_fresh_process_gives_the_same_score() -> None:
     out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_SCRIPT], cwd=root, capture_output=True, text=True,
                          check=True)
     assert abs(float(out.stdout.strip().splitlines()[-1]) - here) <= 1e-6
+
+
+def test_no_infill_windows_means_no_infill_term() -> None:
+    adapter = _model()
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, infill_windows=0, trajectory_prompts=0))
+    result = evaluator.evaluate(_plan(adapter, weight_bits=2))
+    assert "infill_agreement" not in result.metrics
+    m = result.metrics
+    assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"]))
