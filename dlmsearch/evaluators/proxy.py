@@ -52,22 +52,21 @@ sees, and why (figures: bench/RESULTS.md):
 of their own (a subset of the full fidelity's states when fewer than ``windows``, states of their
 own when more: :func:`build_masked_states`), ``low_fidelity_free_rows`` free rows and
 ``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
-fidelity generates nothing (about 1.0 s per Plan here on one thread and 0.65 s on two, vs the full
-fidelity's 2.4 s and 1.8 s). Without free rows the free gap is replaced by
+fidelity generates nothing (bench/RESULTS.md has its time per Plan beside the full fidelity's).
+Without free rows the free gap is replaced by
 ``dense_step_weight * steps_unconditional_gap``: what the Plan's step count alone costs the dense
 model (the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs one token
 per step, with ``step_nelbo_repeats`` masks per row; Plan-independent and cached, so its masks
 cost once). It treats the step damage as additive to the compression damage and ranks worse than
-the generating proxy (Spearman with the full evaluator 0.74-0.84 vs 0.87-0.90 on the first
-embedded weights; 0.66 / 0.45 vs 0.87 / 0.83 on the better-trained ones, whose dense free rows at
-16 and 32 steps are *more* likely than at one token per step, so this term is 0 there). Its
-weight (1/12) was a quarter of the then ``step_weight``: the dense model's gap at 8 steps for 64
-characters (about 1.2 nats) was far larger than what 8 steps add to a compressed Plan's full score (about 0.3;
-bench/RESULTS.md), and at 1/3 it swamped the KL (0.70 / 0.71). The Plan's own free rows are what
-ranks: ``low_fidelity_free_rows=4`` (the full fidelity's rows) ranks at 0.83 / 0.85 on the
-better-trained weights, but at nearly the full fidelity's cost (generation is most of it), so by
-default the low fidelity stays generation-free: under ``fidelity: multi`` its score, well below
-the full fidelity's, only skips Plans far behind a cheaper front member.
+the generating proxy (Spearman with the full evaluator 0.78 / 0.82 vs 0.90 / 0.92 on two sets of
+random Plans on the shipped weights; bench/RESULTS.md). On those weights the dense model's free
+rows at 16 and 32 steps are *more* likely than at one token per step, so the term is 0 there and
+charges 8 steps only, which is where the full evaluator's step cost mostly lies. Its weight
+(1/12) is kept from the first weights, where at 1/3 it swamped the KL. The Plan's own free rows
+rank better (``low_fidelity_free_rows=4``: 0.83 / 0.85 against the session-8 full evaluator) but
+cost nearly as much as the full fidelity, generation being most of it; so by default the low
+fidelity stays generation-free, and under ``fidelity: multi`` its score, well below the full
+fidelity's, only skips Plans far behind a cheaper front member.
 ``steps_prompted_gap`` (the same for greedy prompted rows) is a diagnostic: few steps give
 repetitive text the model finds *likely*, so prompted rows do not show the step damage.
 
