@@ -193,8 +193,8 @@ class FullEvaluator(BaseEvaluator):
         windows, prompts, free = self._counts(fidelity)
         task = self.infill_tasks[draw]
         tokens = self.generations(model, sampler, prompts, free, draw)
-        rows = dict(zip(ROW_KINDS, (tokens[:-free] if free else tokens, tokens[len(tokens) - free:]), strict=True))
-        rows = {kind: kind_rows for kind, kind_rows in rows.items() if len(kind_rows)}
+        split = len(tokens) - free  # prompted rows first, then the free ones
+        rows = {kind: part for kind, part in zip(ROW_KINDS, (tokens[:split], tokens[split:]), strict=True) if len(part)}
         nelbo = {kind: evaluate_nelbo(self.dense.forward_logits, kind_rows, self.dense.mask_token_id,
                                       seed=self.seed + draw, repeats=self.settings.nelbo_repeats, batch_size=64)
                  for kind, kind_rows in rows.items()}
