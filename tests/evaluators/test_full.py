@@ -7,19 +7,17 @@ import dataclasses
 import pytest
 import torch
 
-from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import FullEvaluator, FullSettings
 from dlmsearch.evaluators.full import distinct_ngrams
 from dlmsearch.evaluators.infill_task import span_masks
 from dlmsearch.models.diffusion import eval_windows
-from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import uniform_plan
+from tests.evaluators.tiny import tiny_data, tiny_model
 
 
 def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
-    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
-    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
-    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
     settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
                             prompt_length=8, unconditional=2)
     evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
@@ -35,9 +33,8 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
 def test_prompted_and_free_rows_are_scored_apart() -> None:
     """Each kind of generated row is compared with the dense model's rows of its kind and clipped at 0
     before the kinds are averaged, so likely-but-repetitive rows of one kind cannot offset the other's."""
-    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
-    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
-    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
     settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=3,
                             prompt_length=8, unconditional=3, draws=1)
     evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
@@ -54,9 +51,8 @@ def test_prompted_and_free_rows_are_scored_apart() -> None:
 
 
 def test_the_score_is_the_mean_of_independent_draws() -> None:
-    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
-    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
-    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
     one = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
                        prompt_length=8, unconditional=2, draws=1)
     first, second, both = (FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)

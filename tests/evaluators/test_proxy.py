@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
 from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
 from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states
 from dlmsearch.models.adapters import DLMAdapter
-from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import Plan, uniform_plan
+from tests.evaluators.tiny import tiny_data, tiny_model
 
 SETTINGS = ProxySettings(windows=6, window_length=32, repeats=2, low_fidelity_windows=2, trajectory_prompts=2,
                          prompt_length=8, infill_windows=8)
@@ -26,13 +25,8 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLMSEARCH_CACHE", str(tmp_path / "cache"))
 
 
-def _model() -> DLMAdapter:
-    return build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
-
-
 def _evaluator(adapter: DLMAdapter, settings: ProxySettings = SETTINGS) -> ProxyEvaluator:
-    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
-    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    ids, calib = tiny_data(adapter)
     return ProxyEvaluator(adapter, settings, text_ids=ids, calibration=calib)
 
 
@@ -41,7 +35,7 @@ def _plan(adapter: DLMAdapter, **knobs: object) -> Plan:
 
 
 def test_dense_plan_scores_zero_and_damage_costs() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter)
     dense = evaluator.evaluate(_plan(adapter))
     assert dense.score == 0.0 and dense.metrics["trajectory_agreement"] == 1.0
@@ -54,7 +48,7 @@ def test_dense_plan_scores_zero_and_damage_costs() -> None:
 
 
 def test_scores_are_deterministic_and_the_dense_model_is_untouched() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     evaluator = _evaluator(adapter)
     plan = _plan(adapter, weight_bits=4, sparsity=0.3, prune_method="sink_wanda", steps=4)
@@ -65,7 +59,7 @@ def test_scores_are_deterministic_and_the_dense_model_is_untouched() -> None:
 
 
 def test_per_timestep_bits_are_scored_per_group() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter)
     early_low = _plan(adapter, timestep_groups=2)
     data = early_low.to_dict()
@@ -77,7 +71,7 @@ def test_per_timestep_bits_are_scored_per_group() -> None:
 
 
 def test_reference_outputs_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    adapter = _model()
+    adapter = tiny_model()
     _evaluator(adapter)
     calls = {"n": 0}
     real = reference_module.cached_tensors
@@ -94,7 +88,7 @@ def test_reference_outputs_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_low_fidelity_and_bad_fidelity() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter)
     low = evaluator.evaluate(_plan(adapter, weight_bits=2), fidelity="low")
     assert low.fidelity == "low" and low.score > 0
@@ -112,7 +106,7 @@ def test_low_fidelity_and_bad_fidelity() -> None:
 
 
 def test_infill_windows_of_their_own_length() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     settings = dataclasses.replace(SETTINGS, trajectory_prompts=0, unconditional_rows=3, infill_windows=5,
                                    infill_window_length=16, infill_spans=1, infill_span=3)
     evaluator = _evaluator(adapter, settings)
@@ -151,7 +145,7 @@ def test_each_fidelity_scores_a_stratified_grid_of_its_own_windows(low: int, ful
 
 
 def test_more_low_fidelity_windows_than_full_fidelity_ones() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, windows=2, low_fidelity_windows=5))
     plan = _plan(adapter, weight_bits=2)
     model = evaluator.compressed(plan)
@@ -169,7 +163,7 @@ def test_the_dense_step_term_takes_its_own_nelbo_masks(monkeypatch: pytest.Monke
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(proxy_module, "evaluate_nelbo", spy)
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, trajectory_prompts=0, nelbo_repeats=3,
                                                         step_nelbo_repeats=5))
     plan = _plan(adapter, weight_bits=2, steps=4)
@@ -184,8 +178,9 @@ def test_the_dense_step_term_takes_its_own_nelbo_masks(monkeypatch: pytest.Monke
 
 FRESH_PROCESS_SCRIPT = """
 import torch
-from tests.evaluators.test_proxy import _evaluator, _model, _plan
-adapter = _model()
+from tests.evaluators.test_proxy import _evaluator, _plan
+from tests.evaluators.tiny import tiny_model
+adapter = tiny_model()
 print(repr(_evaluator(adapter).evaluate(_plan(adapter, weight_bits=3, sparsity=0.2, prune_method="wanda")).score))
 """
 
@@ -194,7 +189,7 @@ def test_a_fresh_process_gives_the_same_score() -> None:
     import subprocess
     import sys
 
-    adapter = _model()
+    adapter = tiny_model()
     here = _evaluator(adapter).evaluate(_plan(adapter, weight_bits=3, sparsity=0.2, prune_method="wanda")).score
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_SCRIPT], cwd=root, capture_output=True, text=True,
@@ -203,7 +198,7 @@ def test_a_fresh_process_gives_the_same_score() -> None:
 
 
 def test_no_infill_windows_means_no_infill_term() -> None:
-    adapter = _model()
+    adapter = tiny_model()
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, infill_windows=0, trajectory_prompts=0))
     result = evaluator.evaluate(_plan(adapter, weight_bits=2))
     assert "infill_agreement" not in result.metrics

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from dlmsearch.compress import CalibrationSet
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
 from dlmsearch.evaluators.sensitivity import sensitivity_table
-from dlmsearch.models.loading import build_random_model
+from tests.evaluators.tiny import tiny_data, tiny_model
 
 
 def test_table_covers_groups_and_timesteps_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLMSEARCH_CACHE", str(tmp_path))
-    adapter = build_random_model("llama", hidden_size=64, num_heads=4, intermediate_size=128, max_length=64)
-    ids = torch.randint(0, 60, (4000,), generator=torch.Generator().manual_seed(0))
-    calib = CalibrationSet.from_ids(ids, adapter.mask_token_id, n_sequences=2, seq_len=32, timesteps=(0.5,))
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
     settings = ProxySettings(windows=4, window_length=32, repeats=3, low_fidelity_windows=4, trajectory_prompts=1,
                              unconditional_rows=1, infill_windows=2, low_fidelity_infill_windows=1)
     evaluator = ProxyEvaluator(adapter, settings, text_ids=ids, calibration=calib)
