@@ -2,22 +2,26 @@
 
 Reproduce with::
 
-    .venv/bin/python bench/proxy_fidelity.py --seed 0           # 40 random Plans (the reported set)
-    .venv/bin/python bench/proxy_fidelity.py --seed 1 --plans 24 --full-repeat --dump runs/tune.json
+    .venv/bin/python bench/proxy_fidelity.py --seed 2 --dump runs/pf2.json    # 40 random Plans (the reported set)
+    .venv/bin/python bench/proxy_fidelity.py --seed 0 --dump runs/pf0.json    # tuning Plans, with --seed 1 --plans 24
     .venv/bin/python bench/proxy_fidelity.py --quick            # 6 Plans, smaller evaluators (under a minute)
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/tune.json --tune   # weights chosen on seed 1
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --weights 0 0.1667 0.5  # traj., step, infill
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=1   # the proxy's own noise
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --variant seed=0 --variant-dump runs/v.json
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/report.json --full-draws 2 --dump runs/report3.json
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf0.json runs/pf1.json --tune   # weights, pooled
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --weights 0 0.3333 0 0.125  # rescored
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --variant seed=1   # the proxy's own noise
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf0.json --variant seed=0 --variant-dump runs/v0.json
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/one_draw.json --full-draws 3 --dump runs/more.json
+
+(``--weights``: trajectory, free gap, infill and dense step weights. ``--variant seed=0`` rescores a
+dump's Plans with the current proxy, so a dump made before a change of the proxy still serves:
+its full-evaluator scores are what cost time.)
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
 with magnitude / wanda / sink_wanda, two timestep groups, and steps in {8, 16, 32, 64} for 64
 generated characters. Each Plan is scored by the proxy (full and low fidelity), by the full
 evaluator, and by plain masked NELBO of the compressed model on held-out windows. Tune the proxy
-on one seed and report another: the proxy's weights were chosen on ``--seed 1``; the figures in
-bench/RESULTS.md come from ``--seed 0``.
+on some seeds and report another: the proxy's weights were chosen on ``--seed 0`` (40 Plans) and
+``--seed 1`` (24 Plans) pooled; the figures in bench/RESULTS.md come from ``--seed 2`` (40 Plans).
 
 Figures (``name: value``):
 
@@ -56,6 +60,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from scipy import stats
@@ -111,39 +116,45 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) > 2 else float("nan")
 
 
-def step_only(rows: list[dict[str, float]], fidelity: str, weight: float = ProxySettings.dense_step_weight
-              ) -> list[float]:
+def step_only(rows: list[dict[str, float]], fidelity: str,
+              weight: float = ProxySettings.low_fidelity_dense_step_weight) -> list[float]:
     """A proxy without its generation terms: masked KL plus the cached dense step term."""
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
 
-def rescored(rows: list[dict[str, float]], weights: tuple[float, float, float], fidelity: str = "proxy") -> list[float]:
-    """The proxy's score recomputed from its dumped parts with other (trajectory, step, infill) weights (the
-    score is linear in them; a part the dump lacks counts 0)."""
-    trajectory, step, infill = weights
+Weights = tuple[float, float, float, float]  # trajectory, free gap, infill, dense step term
 
-    def free(row: dict[str, float]) -> float:
-        return row.get(f"{fidelity}.free_gap", row[f"{fidelity}.steps_unconditional_gap"])
 
-    return [row[f"{fidelity}.kl"] + trajectory * row[f"{fidelity}.trajectory"] + step * max(0.0, free(row))
-            + infill * (1.0 - row.get(f"{fidelity}.infill_agreement", 1.0)) for row in rows]
+def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "proxy") -> list[float]:
+    """The proxy's score recomputed from its dumped parts with other (trajectory, free gap, infill, dense
+    step) weights (the score is linear in them; a part the dump lacks counts 0)."""
+    trajectory, free, infill, dense = weights
+
+    def part(row: dict[str, float], name: str, default: float = 0.0) -> float:
+        return row.get(f"{fidelity}.{name}", default)
+
+    return [row[f"{fidelity}.kl"] + trajectory * part(row, "trajectory") + free * max(0.0, part(row, "free_gap"))
+            + infill * (1.0 - part(row, "infill_agreement", 1.0))
+            + dense * max(0.0, part(row, "steps_unconditional_gap")) for row in rows]
 
 
 TRAJECTORY_WEIGHTS = (0.0, 0.5, 1.0)
-STEP_WEIGHTS = (0.0, 1 / 6, 1 / 3, 2 / 3, 1.0)
-INFILL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+FREE_WEIGHTS = (0.0, 1 / 12, 1 / 6, 1 / 3, 2 / 3, 1.0)
+INFILL_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+DENSE_STEP_WEIGHTS = (0.0, 1 / 8, 1 / 4, 1 / 3, 1 / 2)
 
 
 def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The (trajectory, step, infill) weights of the grid whose rescored proxy (and low fidelity) ranks like
-    the full evaluator best."""
+    """The (trajectory, free gap, infill, dense step) weights of the grid whose rescored proxy (and low
+    fidelity) ranks like the full evaluator best."""
     full = [row["full"] for row in rows]
     figures = {}
+    grid = list(itertools.product(TRAJECTORY_WEIGHTS, FREE_WEIGHTS, INFILL_WEIGHTS, DENSE_STEP_WEIGHTS))
     for fidelity, prefix in (("proxy", "tuned"), ("low", "tuned_low")):
-        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w)
-                           for w in itertools.product(TRAJECTORY_WEIGHTS, STEP_WEIGHTS, INFILL_WEIGHTS))
-        figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_step_weight": weights[1],
-                    f"{prefix}_infill_weight": weights[2], f"{prefix}_spearman_{fidelity}_full": rho}
+        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in grid)
+        figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_free_weight": weights[1],
+                    f"{prefix}_infill_weight": weights[2], f"{prefix}_dense_step_weight": weights[3],
+                    f"{prefix}_spearman_{fidelity}_full": rho}
     return figures
 
 
@@ -227,11 +238,13 @@ def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
     return figures
 
 
-def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[str],
-                    dump: Path | None = None) -> dict[str, float]:
-    """The dump's Plans (regenerated from ``seed``) scored by a proxy variant at both fidelities: rank
+def variant_figures(dumped: dict[str, Any], assignments: list[str], dump: Path | None = None) -> dict[str, float]:
+    """The dump's Plans (regenerated from its seed) scored by a proxy variant at both fidelities: rank
     correlations with the dumped full scores and with the dumped proxy (``variant_spearman_proxy``: the
-    proxy's own noise when the variant only changes ``seed``). ``dump`` receives the variant's metrics."""
+    proxy's own noise when the variant only changes ``seed``). ``dump`` receives the dump with the
+    variant's proxy and low-fidelity columns in place of its own (a dump like any other: ``--tune``
+    and ``--weights`` read it)."""
+    rows, seed = dumped["rows"], int(dumped["seed"])
     adapter = load_model()
     rng = random.Random(seed)
     plans = [random_plan(adapter, rng) for _ in rows]
@@ -251,7 +264,9 @@ def variant_figures(rows: list[dict[str, float]], seed: int, assignments: list[s
             row.update({f"{name}.{key}": value for key, value in result.metrics.items()})
         scored.append(row)
         if dump is not None:
-            dump.write_text(json.dumps({"seed": seed, "variant": assignments, "rows": scored}, indent=1))
+            merged = [{**{k: v for k, v in old.items() if not k.startswith(("proxy", "low"))}, **new}
+                      for old, new in zip(rows, scored, strict=False)]
+            dump.write_text(json.dumps({**dumped, "variant": assignments, "rows": merged}, indent=1))
     full = [row["full"] for row in rows]
     figures = {"variant_seconds_per_plan_proxy": seconds["proxy"] / len(plans),
                "variant_seconds_per_plan_low": seconds["low"] / len(plans),
@@ -280,11 +295,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--dump", type=Path, default=None,
                         help="write every Plan's metrics to this JSON file (with --from-dump and --full-draws: "
                              "the dump with the draws added)")
-    parser.add_argument("--from-dump", type=Path, default=None,
-                        help="recompute the correlations from a --dump file instead of scoring Plans")
+    parser.add_argument("--from-dump", type=Path, nargs="+", default=None,
+                        help="recompute the correlations from --dump files (several: their Plans pooled) instead of "
+                             "scoring Plans")
     parser.add_argument("--tune", action="store_true",
-                        help="with --from-dump: grid-search the proxy's trajectory and step weights on that dump")
-    parser.add_argument("--weights", type=float, nargs=3, metavar=("TRAJECTORY", "STEP", "INFILL"), default=None,
+                        help="with --from-dump: grid-search the weights of the proxy's terms on the dumps' Plans")
+    parser.add_argument("--weights", type=float, nargs=4, metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP"),
+                        default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
     parser.add_argument("--variant", nargs="+", metavar="KEY=VALUE", default=None,
                         help="with --from-dump: rescore the dump's Plans with the proxy under these ProxySettings "
@@ -294,12 +311,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--full-draws", type=int, nargs="+", metavar="SEED", default=None,
                         help="with --from-dump: score the dump's Plans by the full evaluator under these further seeds "
                              "(>= 2) and write the dump with them added to --dump")
-    parser.add_argument("--low-weights", type=float, nargs=3, metavar=("TRAJECTORY", "STEP", "INFILL"), default=None,
+    parser.add_argument("--low-weights", type=float, nargs=4, metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP"),
+                        default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
-        dumped = json.loads(args.from_dump.read_text())
-        rows = dumped["rows"]
+        dumps = [json.loads(path.read_text()) for path in args.from_dump]
+        if len(dumps) > 1 and (args.variant or args.full_draws):
+            parser.error("--variant and --full-draws take one --from-dump file (they regenerate its Plans)")
+        dumped = dumps[0]
+        rows = [row for d in dumps for row in d["rows"]]  # several dumps: their Plans pooled
         if args.full_draws:
             if dumped.get("full_draws", 1) != 1:
                 parser.error(f"--full-draws: the dump's full scores already average {dumped['full_draws']} draws; "
@@ -307,15 +328,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws)
             if args.dump is not None:
                 args.dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
-        figures = {"plans": float(len(rows)), "seed": float(dumped["seed"]), **correlations(rows)}
+        figures = {"plans": float(len(rows)), **correlations(rows)}
+        if len(dumps) == 1:
+            figures["seed"] = float(dumped["seed"])
         if args.tune:
             figures.update(tuned_weights(rows))
         if args.weights:
-            weights = tuple(args.weights)
+            weights: Weights = tuple(args.weights)
             full = [row["full"] for row in rows]
             proxy = rescored(rows, weights)
             low = rescored(rows, tuple(args.low_weights or args.weights), "low")
-            figures.update({"weights_trajectory": weights[0], "weights_step": weights[1], "weights_infill": weights[2],
+            figures.update({"weights_trajectory": weights[0], "weights_free": weights[1], "weights_infill": weights[2],
+                            "weights_dense_step": weights[3],
                             "weights_spearman_proxy_full": spearman(proxy, full),
                             "weights_kendall_proxy_full": kendall(proxy, full),
                             "weights_spearman_low_full": spearman(low, full),
@@ -325,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 figures["weights_spearman_proxy_full_mean"] = spearman(proxy, mean)
                 figures["weights_spearman_low_full_mean"] = spearman(low, mean)
         if args.variant:
-            figures.update(variant_figures(rows, int(dumped["seed"]), args.variant, args.variant_dump))
+            figures.update(variant_figures(dumped, args.variant, args.variant_dump))
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures

@@ -2,32 +2,47 @@
 
 Score of a Plan (nats per token and shares of characters, lower is better, 0 for the dense model)::
 
-    score = KL + step_weight * max(0, free_gap)
+    score = KL + step_weight * max(0, free_gap) + dense_step_weight * max(0, steps_unconditional_gap)
             [+ infill_weight * (1 - infill_agreement), with infill_windows > 0]
             [+ trajectory_weight * trajectory, with trajectory_prompts > 0]
 
-with ``step_weight = 2/3``, chosen on the tuning set of random Plans (``--seed 1``) against the full
-evaluator that scores prompted and free rows apart; there the infill term's best weight was 0, so
-it is off by default (``infill_weight = 1/2`` when ``infill_windows`` turns it on). What each term
+with ``step_weight = 1/3`` and ``dense_step_weight = 1/8``, chosen on 64 random Plans (``--seed 0``
+and ``--seed 1`` of bench/proxy_fidelity.py) against the full evaluator and reported on 40 others
+(``--seed 2``). The infill term's best weight was 0 there, so it is off by default
+(``infill_weight = 1/2`` when ``infill_windows`` turns it on). What each term
 sees, and why (figures: bench/RESULTS.md):
 
 - ``KL``: mean over the masked positions of every masked state of KL(dense || compressed). The
-  states are held-out windows masked at stratified mask ratios t (seeded). A state with mask ratio
-  t sits at denoising progress 1 - t, so it is scored with the precision the Plan gives that
-  timestep group (:func:`~dlmsearch.compress.force_timestep_group`). States run in fixed batches
-  of ``batch_size`` sorted by mask ratio (one forward per batch and distinct group precision; the
-  dense reference uses the same batches, so the dense Plan scores exactly 0). ``kl_state`` is the
-  same KL averaged per state instead of per position (diagnostic). The KL sees compression but not
-  the step count, and ranks Plans poorly alone (Spearman 0.35-0.55 with the full evaluator): 8
-  windows rank as well as 32, and beside the generation terms 4 windows rank the whole proxy as
-  well as 8, so the full fidelity measures 4 (``windows``) and the low fidelity, which has
-  nothing else, 8 (``low_fidelity_windows``).
+  states are shaped like the sampler's (:func:`mask_like_sampler`): held-out windows of the Plan's
+  generation length at stratified denoising progress p (seeded), the blocks before p's block
+  clean, the blocks after it all [MASK], and p's block masked with the share not yet denoised;
+  the KL is taken on that block's masked positions, the ones the sampler commits from. Each state
+  is scored with the precision the Plan gives p's timestep group
+  (:func:`~dlmsearch.compress.force_timestep_group`). States run in fixed batches of
+  ``batch_size`` sorted by progress (one forward per batch and distinct group precision; the dense
+  reference uses the same batches, so the dense Plan scores exactly 0). ``kl_state`` is the same
+  KL averaged per state instead of per position (diagnostic). The KL sees compression but not the
+  step count, and ranks Plans poorly alone (Spearman about 0.5 with the full evaluator). On the
+  tuning Plans, a generation-free low fidelity ranked alike on sampler-shaped states and on
+  uniformly masked 128-character windows (0.80 either way, and with 48 windows), and beside the
+  free gap the two kinds of state rank alike too; the sampler-shaped ones are kept because they
+  are the states the model meets while generating. 8 windows (4 states each) rank as well as 16,
+  so both fidelities measure 8.
 - ``free_gap``: what the step count and the compression do to free text together: the dense
   model's masked-diffusion NELBO of ``unconditional_rows`` free generations (temperature 1, the
   Plan's steps and precision) of the compressed model, minus that of the dense model's free
   generations at one token per step under the same seed (cached); both scored with
   ``nelbo_repeats`` masks per row under the same mask seed. Few steps and heavy compression
   show here first; the full evaluator's generative NELBO is the largest part of its score.
+- ``steps_unconditional_gap`` (the dense step term): what the Plan's step count alone costs the
+  dense model: the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs
+  one token per step, with ``step_nelbo_repeats`` masks per row. It is Plan-independent and cached,
+  so it costs nothing per Plan and carries little noise, where four free rows of the Plan's own are
+  a noisy estimate (under other seeds they rank Plans alike at Spearman 0.70 only): beside the free
+  gap it lifted the proxy from 0.90 to 0.95 on the tuning Plans (bench/RESULTS.md). On the shipped
+  weights the dense model's free rows at 16 and 32 steps are *more* likely than at one token per
+  step, so the term is 0 there and charges 8 steps only, which is where the full evaluator's step
+  cost mostly lies.
 - ``infill_agreement`` (off by default): ``infill_spans`` spans of ``infill_span`` characters in each of
   ``infill_windows`` windows of ``infill_window_length`` characters are filled by the compressed
   model with the Plan's passes per token and block length
@@ -48,25 +63,27 @@ sees, and why (figures: bench/RESULTS.md):
   Greedy completions diverge after one differing token, so this term was mostly noise (it added
   nothing measurable once the infill term was in) and costs the most.
 
-``fidelity="low"`` measures ``low_fidelity_windows`` KL windows on a stratified grid of mask ratios
-of their own (a subset of the full fidelity's states when fewer than ``windows``, states of their
-own when more: :func:`build_masked_states`), ``low_fidelity_free_rows`` free rows and
-``low_fidelity_infill_windows`` infill windows; by default none of the latter two, so the low
-fidelity generates nothing (bench/RESULTS.md has its time per Plan beside the full fidelity's).
-Without free rows the free gap is replaced by
-``dense_step_weight * steps_unconditional_gap``: what the Plan's step count alone costs the dense
-model (the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs one token
-per step, with ``step_nelbo_repeats`` masks per row; Plan-independent and cached, so its masks
-cost once). It treats the step damage as additive to the compression damage and ranks worse than
-the generating proxy (Spearman with the full evaluator 0.78 / 0.82 vs 0.90 / 0.92 on two sets of
-random Plans on the shipped weights; bench/RESULTS.md). On those weights the dense model's free
-rows at 16 and 32 steps are *more* likely than at one token per step, so the term is 0 there and
-charges 8 steps only, which is where the full evaluator's step cost mostly lies. Its weight
-(1/12) is kept from the first weights, where at 1/3 it swamped the KL. The Plan's own free rows
-rank better (``low_fidelity_free_rows=4``: 0.83 / 0.85 against the session-8 full evaluator) but
-cost nearly as much as the full fidelity, generation being most of it; so by default the low
-fidelity stays generation-free, and under ``fidelity: multi`` its score, well below the full
-fidelity's, only skips Plans far behind a cheaper front member.
+``fidelity="low"`` scores::
+
+    low = KL + low_fidelity_free_weight * max(0, free_gap at low_fidelity_free_steps)
+             + low_fidelity_dense_step_weight * max(0, steps_unconditional_gap)
+
+with ``low_fidelity_free_weight = 1/12`` and ``low_fidelity_dense_step_weight = 1/4`` (chosen on
+the tuning Plans as above). Its KL measures ``low_fidelity_windows`` windows on a stratified grid of
+progress values of their own (a subset of the full fidelity's states when no more than
+``windows``, by default the same 8; states of their own when more: :func:`build_masked_states`).
+Its ``low_fidelity_free_rows`` free rows run ``low_fidelity_free_steps`` steps whatever the Plan's
+(:meth:`ProxyEvaluator.low_fidelity_sampler`; 0: the Plan's own), and their gap is taken to the
+dense model's free rows at the same steps under the same seed: what compression does to
+generated text at a fixed cheap step count, while the dense step term charges the Plan's step
+count (step and compression damage taken as additive, as quantization error is found to add over
+steps in image diffusion). Without that generation the KL and the dense step term ranked the
+tuning Plans at Spearman 0.80 only (the KL misses how compression degrades generated text,
+pruning above all: it ranks Plans of one step count at 0.3-0.8 where the free gap reaches
+0.75-0.9); 4 free rows at 8 steps lifted that to 0.88 (at 16 steps 0.89, at twice the
+generation cost). Generation costs forwards by the step, so the low fidelity costs about half the
+full one (bench/RESULTS.md); under ``fidelity: multi`` its score, below the full fidelity's, only
+skips Plans far behind a cheaper front member.
 ``steps_prompted_gap`` (the same for greedy prompted rows) is a diagnostic: few steps give
 repetitive text the model finds *likely*, so prompted rows do not show the step damage.
 
@@ -90,7 +107,7 @@ from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_digest
 from dlmsearch.models.adapters import DLMAdapter
-from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo, mask_tokens, stratified_mask_probs
+from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo, stratified_mask_probs
 from dlmsearch.models.sampler import generate
 from dlmsearch.plan import Plan, SamplerSettings
 
@@ -103,25 +120,28 @@ FREE_SEED_OFFSET = 1
 NELBO_SEED_OFFSET = 2
 INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 5
+REFERENCE_VERSION = 6
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     """What the proxy measures on; every field enters the reference cache key."""
 
-    windows: int = 4  # held-out windows of the masked KL at full fidelity
-    window_length: int = 128
-    repeats: int = 4  # masked states per window, at stratified mask ratios
-    low_fidelity_windows: int = 8  # KL windows at low fidelity (the KL is all it has)
+    windows: int = 8  # held-out windows (of the Plan's generation length) of the masked KL at full fidelity
+    window_length: int = 128  # held-out windows of the prompts (and of full-length infill spans)
+    repeats: int = 4  # masked states per window, at stratified denoising progress
+    low_fidelity_windows: int = 8  # KL windows at low fidelity (the first ones of the full fidelity)
     low_fidelity_prompts: int = 0  # prompted trajectory rows at low fidelity (0: no trajectory term)
-    low_fidelity_free_rows: int = 0  # free rows at low fidelity (0: the cached dense step term instead)
+    low_fidelity_free_rows: int = 4  # free rows at low fidelity (0: none)
+    low_fidelity_free_steps: int = 8  # steps of those rows, whatever the Plan's (0: the Plan's)
     low_fidelity_infill_windows: int = 0  # infill windows at low fidelity (0: no infill term)
     trajectory_prompts: int = 0  # prompted trajectory rows (0: no trajectory term)
     prompt_length: int = 32
     trajectory_weight: float = 1.0
-    step_weight: float = 2 / 3  # weight of the free-generation gap
-    dense_step_weight: float = 1 / 12  # weight of the dense step term, used where no free rows are generated
+    step_weight: float = 1 / 3  # weight of the free-generation gap
+    dense_step_weight: float = 1 / 8  # weight of the cached dense step term beside the free gap
+    low_fidelity_free_weight: float = 1 / 12  # weight of the low fidelity's free gap
+    low_fidelity_dense_step_weight: float = 1 / 4  # weight of the dense step term at low fidelity
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: the dense step term instead)
     infill_windows: int = 0  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
@@ -131,7 +151,7 @@ class ProxySettings:
     calibration_sequences: int = 32
     seed: int = 0
     split: str = "evaluation"
-    batch_size: int = 32  # masked states per forward pass
+    batch_size: int = 64  # masked states per forward pass
     step_rows: int = 8  # prompted and unconditional rows of the cached dense step term (Plan-independent)
     nelbo_repeats: int = 8  # masked states per row the compressed model generates, for its NELBO
     step_nelbo_repeats: int = 16  # the same for the rows of the dense step term (Plan-independent, cached)
@@ -139,34 +159,64 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class MaskedStates:
-    """The fixed masked states: ids (S, L), masked positions (S, L), mask ratio (S,), window index (S,).
+    """The fixed masked states of one sampler layout: ids (S, L), scored positions (S, L), denoising
+    progress (S,) and window index (S,).
 
-    States are ordered by part (the low-fidelity part first), then by mask ratio; ``chunks`` are
-    the fixed ``[start, end)`` batches the model runs on; ``low_chunks`` and ``full_chunks`` are
-    the indices of the chunks each fidelity scores.
+    States are ordered by part (the low-fidelity part first), then by progress; ``chunks`` are the
+    fixed ``[start, end)`` batches the model runs on; ``low_chunks`` and ``full_chunks`` are the
+    indices of the chunks each fidelity scores.
     """
 
     ids: torch.Tensor
     masked: torch.Tensor
-    mask_ratio: torch.Tensor
+    progress: torch.Tensor
     window: torch.Tensor
     chunks: tuple[tuple[int, int], ...] = ()
     low_chunks: tuple[int, ...] = ()
     full_chunks: tuple[int, ...] = ()
 
 
+def mask_like_sampler(ids: torch.Tensor, progress: torch.Tensor, block_length: int, mask_token_id: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """States of ``ids`` (B, L) like those the semi-autoregressive sampler visits at ``progress`` (B,).
+
+    With ``L / block_length`` blocks, progress p works on block ``b = floor(p * blocks)``: the blocks
+    before it are clean text, the blocks after it all [MASK], and each of its own positions is
+    masked with the share of the block not yet denoised, ``1 - (p * blocks - b)`` (at least one
+    position). Returns the corrupted ids and the masked positions of the current block, the ones
+    the sampler commits from.
+    """
+    rows, length = ids.shape
+    if block_length <= 0 or length % block_length:
+        raise ValueError(f"block_length={block_length}: must divide the state length {length}")
+    blocks = length // block_length
+    scaled = progress.double().clamp(0.0, 1.0) * blocks
+    block = scaled.floor().clamp(max=blocks - 1)
+    still_masked = (1.0 - (scaled - block)).float()
+    first = (block.long() * block_length)[:, None]
+    position = torch.arange(length)[None, :]
+    in_block = (position >= first) & (position < first + block_length)
+    draws = torch.rand(ids.shape, generator=generator)
+    masked = in_block & (draws < still_masked[:, None])
+    masked[torch.arange(rows), torch.where(in_block, draws, 2.0).argmin(dim=1)] = True
+    hidden = masked | (position >= first + block_length)
+    return torch.where(hidden, torch.full_like(ids, mask_token_id), ids), masked
+
+
 def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int, seed: int,
-                        low_windows: int, full_windows: int, batch_size: int = 32) -> MaskedStates:
-    """The masked states of both fidelities: each window masked ``repeats`` times at stratified ratios.
+                        low_windows: int, full_windows: int, block_length: int,
+                        batch_size: int = 32) -> MaskedStates:
+    """The masked states of both fidelities: each window masked ``repeats`` times at stratified progress.
 
     The low fidelity scores the first ``low_windows`` windows on a stratified grid of
-    ``low_windows * repeats`` mask ratios of their own. Where ``full_windows`` is larger, the full
-    fidelity adds the remaining windows on another grid (the low-fidelity states are a subset of
-    its states); where it is smaller, the full fidelity scores the first ``full_windows`` windows on
-    states of their own. Either way each fidelity covers the whole denoising range evenly. Ratios
-    are assigned to windows in a seeded random order; the states of each part are then sorted by
-    ratio and cut into batches of ``batch_size`` (sorting keeps most batches inside one timestep
-    group). ``windows`` holds at least ``max(low_windows, full_windows)`` rows.
+    ``low_windows * repeats`` denoising progress values of their own. Where ``full_windows`` is
+    larger, the full fidelity adds the remaining windows on another grid (the low-fidelity states
+    are a subset of its states); where it is smaller, the full fidelity scores the first
+    ``full_windows`` windows on states of their own. Either way each fidelity covers the whole
+    denoising range evenly. Progress values are assigned to windows in a seeded random order and
+    masked as the sampler would (:func:`mask_like_sampler`); the states of each part are then
+    sorted by progress and cut into batches of ``batch_size`` (sorting keeps most batches inside
+    one timestep group). ``windows`` holds at least ``max(low_windows, full_windows)`` rows.
     """
     low, full = max(0, low_windows), max(0, full_windows)
     if max(low, full) > windows.shape[0]:
@@ -177,24 +227,25 @@ def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int,
     parts = []
     for first, last in spans:
         count = (last - first) * repeats
-        ratios = stratified_mask_probs(count)[torch.randperm(count, generator=generator)]
+        progress = stratified_mask_probs(count)[torch.randperm(count, generator=generator)]
         window = torch.arange(first, last).repeat(repeats)
-        order = torch.sort(ratios, stable=True).indices
-        parts.append((ratios[order], window[order]))
-    ratios = torch.cat([r for r, _ in parts])
+        order = torch.sort(progress, stable=True).indices
+        parts.append((progress[order], window[order]))
+    progress = torch.cat([p for p, _ in parts])
     window = torch.cat([w for _, w in parts])
-    ids, masked = mask_tokens(windows[window], ratios, mask_token_id, torch.Generator().manual_seed(seed + 1))
+    ids, masked = mask_like_sampler(windows[window], progress, block_length, mask_token_id,
+                                    torch.Generator().manual_seed(seed + 1))
     chunks: list[tuple[int, int]] = []
     part_chunks: list[tuple[int, ...]] = []
     start = 0
-    for part_ratios, _ in parts:
-        end = start + len(part_ratios)
+    for part_progress, _ in parts:
+        end = start + len(part_progress)
         part = [(b, min(b + batch_size, end)) for b in range(start, end, batch_size)]
         part_chunks.append(tuple(range(len(chunks), len(chunks) + len(part))))
         chunks += part
         start = end
     full_chunks = part_chunks[0] + part_chunks[1] if extends else part_chunks[1]
-    return MaskedStates(ids, masked, ratios, window, tuple(chunks), part_chunks[0], full_chunks)
+    return MaskedStates(ids, masked, progress, window, tuple(chunks), part_chunks[0], full_chunks)
 
 
 class ProxyEvaluator(BaseEvaluator):
@@ -207,21 +258,18 @@ class ProxyEvaluator(BaseEvaluator):
         self.dense = adapter
         self.settings = settings or ProxySettings()
         s = self.settings
-        ids = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
+        self._text = text_ids if text_ids is not None else adapter.encode(load_split(s.split))
         length = min(s.window_length, adapter.shape.max_length)
         infill_windows = max(s.infill_windows, s.low_fidelity_infill_windows)
         infill_length = min(s.infill_window_length or length, length)
         shared = infill_length == length or infill_windows == 0  # infill spans in the main windows
-        count = max(s.windows, s.low_fidelity_windows, infill_windows if shared else 0, s.trajectory_prompts,
-                    s.low_fidelity_prompts, s.step_rows)
-        self.windows = eval_windows(ids, length, count)  # KL states, prompts (and full-length infill spans)
-        self.states = build_masked_states(self.windows, adapter.mask_token_id, s.repeats, s.seed,
-                                          s.low_fidelity_windows, s.windows, s.batch_size)
-        infill_text = self.windows if shared else eval_windows(ids, infill_length, infill_windows)
+        count = max(infill_windows if shared else 0, s.trajectory_prompts, s.low_fidelity_prompts, s.step_rows, 1)
+        self.windows = eval_windows(self._text, length, count)  # prompts (and full-length infill spans)
+        infill_text = self.windows if shared else eval_windows(self._text, infill_length, infill_windows)
         self.infill_task = InfillTask.with_spans(infill_text[:infill_windows], s.infill_spans, s.infill_span,
                                                  s.seed + INFILL_SEED_OFFSET)
         self.model_digest = model_digest(adapter)
-        self._reference = self._reference_logprobs()
+        self._layouts: dict[tuple[int, int], tuple[MaskedStates, list[torch.Tensor]]] = {}
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
                                          self.settings.seed)
 
@@ -231,23 +279,34 @@ class ProxyEvaluator(BaseEvaluator):
         return cache_key(self.model_digest, {**dataclasses.asdict(self.settings), "version": REFERENCE_VERSION,
                                              **extra})
 
-    def _reference_logprobs(self) -> list[torch.Tensor]:
-        """Dense log-probabilities at the masked positions of each chunk of states, (positions, V)."""
-        def compute() -> dict[str, torch.Tensor]:
-            everything: dict[int | None, torch.Tensor] = {None: torch.ones(self.settings.batch_size, dtype=torch.bool)}
-            return {f"chunk{c}": self._chunk_logprobs(self.dense, c, everything)
-                    for c in range(len(self.states.chunks))}
+    def masked_states(self, sampler: SamplerSettings) -> tuple[MaskedStates, list[torch.Tensor]]:
+        """The masked states for ``sampler``'s generation length and block length, and the dense
+        log-probabilities at the masked positions of each chunk of them, (positions, V) (cached on
+        disk; built once per layout and kept)."""
+        layout = (sampler.gen_length, sampler.block_length)
+        if layout not in self._layouts:
+            s = self.settings
+            windows = eval_windows(self._text, sampler.gen_length, max(s.windows, s.low_fidelity_windows))
+            states = build_masked_states(windows, self.dense.mask_token_id, s.repeats, s.seed,
+                                         s.low_fidelity_windows, s.windows, sampler.block_length, s.batch_size)
 
-        cached = cached_tensors("reference_logprobs", self._key(kind="masked_states"), compute)
-        return [cached[f"chunk{c}"] for c in range(len(self.states.chunks))]
+            def compute() -> dict[str, torch.Tensor]:
+                everything: dict[int | None, torch.Tensor] = {None: torch.ones(s.batch_size, dtype=torch.bool)}
+                return {f"chunk{c}": self._chunk_logprobs(self.dense, states, c, everything)
+                        for c in range(len(states.chunks))}
+
+            key = self._key(kind="masked_states", gen_length=layout[0], block_length=layout[1])
+            cached = cached_tensors("reference_logprobs", key, compute)
+            self._layouts[layout] = (states, [cached[f"chunk{c}"] for c in range(len(states.chunks))])
+        return self._layouts[layout]
 
     @torch.no_grad()
-    def _chunk_logprobs(self, adapter: DLMAdapter, chunk: int,
+    def _chunk_logprobs(self, adapter: DLMAdapter, states: MaskedStates, chunk: int,
                         rows_by_group: dict[int | None, torch.Tensor]) -> torch.Tensor:
         """Log-probabilities at the masked positions of ``chunk``: one batched forward per timestep group
         (``rows_by_group`` maps a group, or None for the step-free default, to the rows it serves)."""
-        start, end = self.states.chunks[chunk]
-        ids = self.states.ids[start:end]
+        start, end = states.chunks[chunk]
+        ids = states.ids[start:end]
         out: torch.Tensor | None = None
         for group, rows in rows_by_group.items():
             rows = rows[:len(ids)]
@@ -257,7 +316,7 @@ class ProxyEvaluator(BaseEvaluator):
                 out = torch.empty(*ids.shape, logits.shape[-1])
             out[rows] = torch.log_softmax(logits.float(), dim=-1).cpu()
         assert out is not None
-        return out[self.states.masked[start:end]]
+        return out[states.masked[start:end]]
 
     def _prompts(self, count: int, gen_length: int) -> torch.Tensor:
         length = max(1, min(self.settings.prompt_length, self.dense.shape.max_length - gen_length))
@@ -299,10 +358,11 @@ class ProxyEvaluator(BaseEvaluator):
         """A compressed copy of the dense model (the dense model itself is never changed)."""
         return self.compressor.compressed(plan)
 
-    def _rows_by_group(self, plan: Plan, chunk: int) -> dict[int | None, torch.Tensor]:
-        """Rows of ``chunk`` per timestep group; groups with identical precision share one forward."""
-        start, end = self.states.chunks[chunk]
-        groups = torch.tensor([plan.timestep_group(1.0 - float(r)) for r in self.states.mask_ratio[start:end]])
+    @staticmethod
+    def _rows_by_group(plan: Plan, progress: torch.Tensor) -> dict[int | None, torch.Tensor]:
+        """Rows of a chunk at denoising ``progress`` per timestep group; groups with identical precision
+        share one forward."""
+        groups = torch.tensor([plan.timestep_group(float(p)) for p in progress])
         settings = [tuple((lp.weight_bits[g], lp.act_bits[g]) for lp in plan.layers.values())
                     for g in range(len(plan.timestep_groups) + 1)]
         by_group: dict[int | None, torch.Tensor] = {}
@@ -325,25 +385,34 @@ class ProxyEvaluator(BaseEvaluator):
         ``kl``: mean over masked positions; ``kl_state``: mean over states of each state's mean
         (every denoising stage counts equally, as every sampler step does); ``kl_early`` /
         ``kl_late``: mean over the masked positions of the states before / from half-way through
-        denoising (mask ratio above / at most 0.5).
+        denoising (progress below / from 0.5); ``rkl``: KL(compressed || dense) and ``ce_gap``:
+        the dense model's cross-entropy of the compressed model's predictions minus its own entropy
+        (what sampling from the compressed model costs per position), per masked position. The
+        last four are diagnostics: none ranked Plans better than ``kl`` (bench/RESULTS.md).
         """
         check_fidelity(fidelity)
-        chunks = self.states.low_chunks if fidelity == "low" else self.states.full_chunks
+        states, reference = self.masked_states(plan.sampler)
+        chunks = states.low_chunks if fidelity == "low" else states.full_chunks
         totals, counts_by_half, state_means = [0.0, 0.0], [0, 0], []
+        other = {"rkl": 0.0, "ce_gap": 0.0}
         for c in chunks:
-            start, end = self.states.chunks[c]
-            logq = self._chunk_logprobs(model, c, self._rows_by_group(plan, c))
-            logp = self._reference[c]
-            per_position = (logp.exp() * (logp - logq)).sum(dim=-1).double()
-            row = self.states.masked[start:end].nonzero()[:, 0]
+            start, end = states.chunks[c]
+            logq = self._chunk_logprobs(model, states, c, self._rows_by_group(plan, states.progress[start:end]))
+            logp = reference[c]
+            p, q = logp.exp(), logq.exp()
+            per_position = (p * (logp - logq)).sum(dim=-1).double()
+            other["rkl"] += float((q * (logq - logp)).sum(dim=-1).double().sum())
+            other["ce_gap"] += float(((p - q) * logp).sum(dim=-1).double().sum())
+            row = states.masked[start:end].nonzero()[:, 0]
             sums = torch.zeros(end - start, dtype=torch.float64).index_add_(0, row, per_position)
-            counts = self.states.masked[start:end].sum(dim=1)
-            late = self.states.mask_ratio[start:end] <= 0.5
+            counts = states.masked[start:end].sum(dim=1)
+            late = states.progress[start:end] >= 0.5
             for half, rows in enumerate((~late, late)):
                 totals[half] += float(sums[rows].sum())
                 counts_by_half[half] += int(counts[rows].sum())
             state_means += (sums[counts > 0] / counts[counts > 0]).tolist()
-        return {"kl": sum(totals) / max(sum(counts_by_half), 1),
+        positions = max(sum(counts_by_half), 1)
+        return {"kl": sum(totals) / positions, **{name: value / positions for name, value in other.items()},
                 "kl_state": sum(state_means) / max(len(state_means), 1),
                 "kl_early": totals[0] / max(counts_by_half[0], 1), "kl_late": totals[1] / max(counts_by_half[1], 1)}
 
@@ -352,11 +421,12 @@ class ProxyEvaluator(BaseEvaluator):
         return self.masked_kl(self.compressed(plan), plan, fidelity)
 
     @torch.no_grad()
-    def trajectory(self, model: DLMAdapter, plan: Plan, prompts: int, unconditional: int = 0) -> dict[str, float]:
-        """The generation-based terms and their parts (``trajectory`` is 0 without ``prompts``)."""
+    def trajectory(self, model: DLMAdapter, plan: Plan, prompts: int) -> dict[str, float]:
+        """The prompted trajectory term and its parts (``trajectory`` is 0 without ``prompts``), with the
+        dense step terms."""
         sampler = plan.sampler
         if prompts <= 0:
-            return {"trajectory": 0.0, **self.step_term(sampler), **self.free_term(model, sampler, unconditional)}
+            return {"trajectory": 0.0, **self.step_term(sampler)}
         prompt_ids = self._prompts(prompts, sampler.gen_length)
         reference, reference_nelbo = self._reference_generation(plan, prompt_ids)
         out = generate(model, prompt_ids, gen_length=sampler.gen_length, steps=sampler.steps,
@@ -367,20 +437,32 @@ class ProxyEvaluator(BaseEvaluator):
         gap = self._nelbo(out) - reference_nelbo
         value = max(0.0, gap) + AGREEMENT_WEIGHT * (1.0 - agreement)
         return {"trajectory": value, "trajectory_nelbo_gap": gap, "trajectory_agreement": agreement,
-                **self.step_term(sampler), **self.free_term(model, sampler, unconditional)}
+                **self.step_term(sampler)}
 
     @torch.no_grad()
-    def free_term(self, model: DLMAdapter, sampler: SamplerSettings, rows: int) -> dict[str, float]:
-        """NELBO gap of ``rows`` free generations (temperature 1, the Plan's steps) of ``model`` vs the
-        dense model's at one token per step (cached); empty when ``rows`` is 0."""
+    def free_term(self, model: DLMAdapter, sampler: SamplerSettings, rows: int,
+                  reference_steps: int | None = None) -> dict[str, float]:
+        """NELBO gap of ``rows`` free generations of ``model`` (temperature 1, ``sampler``'s steps) vs the
+        dense model's with ``reference_steps`` (default one token per step) under the same seed
+        (cached); empty when ``rows`` is 0."""
         if rows <= 0:
             return {}
         empty = torch.empty(rows, 0, dtype=torch.long)
         sampled = dataclasses.replace(sampler, temperature=1.0)
         seed = self.settings.seed + FREE_SEED_OFFSET
         out = generate(model, empty, seed=seed, **dataclasses.asdict(sampled))
-        best = dataclasses.replace(sampled, steps=sampled.gen_length)
-        return {"free_gap": self._nelbo(out) - self._dense_generation(best, empty, seed)[1]}
+        reference = dataclasses.replace(sampled, steps=reference_steps or sampled.gen_length)
+        return {"free_gap": self._nelbo(out) - self._dense_generation(reference, empty, seed)[1],
+                "free_steps": float(sampler.steps)}
+
+    def low_fidelity_sampler(self, sampler: SamplerSettings) -> SamplerSettings:
+        """``sampler`` with the low fidelity's free-row steps: ``low_fidelity_free_steps`` (0: the Plan's),
+        at most one token per step and a multiple of the number of blocks."""
+        cap = self.settings.low_fidelity_free_steps
+        if cap <= 0:
+            return sampler
+        blocks = sampler.gen_length // sampler.block_length
+        return dataclasses.replace(sampler, steps=max(blocks, min(cap, sampler.gen_length) // blocks * blocks))
 
     @torch.no_grad()
     def infill_term(self, model: DLMAdapter, sampler: SamplerSettings, windows: int) -> dict[str, float]:
@@ -429,13 +511,18 @@ class ProxyEvaluator(BaseEvaluator):
         model = self.compressed(plan)
         low = fidelity == "low"
         kl_parts = self.masked_kl_parts(model, plan, fidelity)
-        rows = s.low_fidelity_free_rows if low else s.unconditional_rows
-        parts = self.trajectory(model, plan, s.low_fidelity_prompts if low else s.trajectory_prompts, rows)
+        parts = self.trajectory(model, plan, s.low_fidelity_prompts if low else s.trajectory_prompts)
         parts |= self.infill_term(model, plan.sampler, s.low_fidelity_infill_windows if low else s.infill_windows)
-        if "free_gap" in parts:
-            steps_term = s.step_weight * max(0.0, parts["free_gap"])
+        if low:  # free rows at a fixed step count, against the dense model's at that count
+            free_sampler = self.low_fidelity_sampler(plan.sampler)
+            reference_steps = free_sampler.steps if s.low_fidelity_free_steps > 0 else None
+            parts |= self.free_term(model, free_sampler, s.low_fidelity_free_rows, reference_steps)
+            free_weight, dense_weight = s.low_fidelity_free_weight, s.low_fidelity_dense_step_weight
         else:
-            steps_term = s.dense_step_weight * max(0.0, parts["steps_unconditional_gap"])
+            parts |= self.free_term(model, plan.sampler, s.unconditional_rows)
+            free_weight, dense_weight = s.step_weight, s.dense_step_weight
+        steps_term = (free_weight * max(0.0, parts.get("free_gap", 0.0))
+                      + dense_weight * max(0.0, parts["steps_unconditional_gap"]))
         score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + steps_term
                  + s.infill_weight * (1.0 - parts.get("infill_agreement", 1.0)))
         return QualityResult(score, {**kl_parts, **parts}, fidelity)

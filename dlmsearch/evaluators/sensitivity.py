@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from dlmsearch.evaluators.proxy import ProxyEvaluator
+from dlmsearch.evaluators.proxy import REFERENCE_VERSION, ProxyEvaluator
 from dlmsearch.evaluators.reference import cache_dir, cache_key
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
@@ -69,7 +69,7 @@ def sensitivity_table(evaluator: ProxyEvaluator, bits: Sequence[int] = DEFAULT_B
     boundaries = tuple(round(i / timestep_groups, 6) for i in range(1, timestep_groups))
     spec = {"kind": "sensitivity", "bits": list(bits), "sparsities": list(sparsities),
             "timestep_groups": timestep_groups, "prune_method": prune_method, "group_size": group_size,
-            "proxy": dataclasses.asdict(evaluator.settings)}
+            "proxy": dataclasses.asdict(evaluator.settings), "proxy_version": REFERENCE_VERSION}
     path = cache_dir() / "sensitivity" / f"{cache_key(evaluator.model_digest, spec)}.json"
     if path.is_file():
         return SensitivityTable.from_json(path.read_text())

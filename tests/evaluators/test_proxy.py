@@ -11,7 +11,7 @@ import torch
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
 from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
-from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states
+from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states, mask_like_sampler
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import Plan, uniform_plan
 from tests.evaluators.tiny import tiny_data, tiny_model
@@ -72,7 +72,6 @@ def test_per_timestep_bits_are_scored_per_group() -> None:
 
 def test_reference_outputs_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     adapter = tiny_model()
-    _evaluator(adapter)
     calls = {"n": 0}
     real = reference_module.cached_tensors
 
@@ -83,24 +82,30 @@ def test_reference_outputs_are_cached_on_disk(monkeypatch: pytest.MonkeyPatch) -
         return real(kind, key, wrapped)
 
     monkeypatch.setattr("dlmsearch.evaluators.proxy.cached_tensors", counting)
-    _evaluator(adapter)
-    assert calls["n"] == 0  # the second evaluator reads the first one's reference
+    plan = _plan(adapter, weight_bits=2)
+    first = _evaluator(adapter).evaluate(plan)
+    computed = calls["n"]
+    assert computed > 0  # the first evaluator computed the dense outputs for this sampler layout
+    assert _evaluator(adapter).evaluate(plan) == first
+    assert calls["n"] == computed  # the second evaluator reads the first one's reference
 
 
 def test_low_fidelity_and_bad_fidelity() -> None:
     adapter = tiny_model()
     evaluator = _evaluator(adapter)
-    low = evaluator.evaluate(_plan(adapter, weight_bits=2), fidelity="low")
+    low = evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2), fidelity="low")
     assert low.fidelity == "low" and low.score > 0
-    # by default nothing is generated at low fidelity: the cached dense step term stands in
+    # low fidelity: no trajectory or infill term; free rows at its own step count, whatever the Plan's
     assert low.metrics["trajectory"] == 0.0 and "trajectory_agreement" not in low.metrics
-    assert "free_gap" not in low.metrics and "infill_agreement" not in low.metrics
-    m = low.metrics  # the dense step term stands in for the Plan's own free rows, at its own weight
-    assert low.score == m["kl"] + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
-    generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=1,
+    assert "infill_agreement" not in low.metrics and low.metrics["free_steps"] == 8.0
+    m, s = low.metrics, SETTINGS
+    assert low.score == pytest.approx(m["kl"] + s.low_fidelity_free_weight * max(0.0, m["free_gap"])
+                                      + s.low_fidelity_dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
+    assert evaluator.evaluate(_plan(adapter), fidelity="low").score == 0.0
+    generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=0,
                                                          low_fidelity_infill_windows=1))
     metrics = generating.evaluate(_plan(adapter, weight_bits=2), fidelity="low").metrics
-    assert "free_gap" in metrics and 0.0 <= metrics["infill_agreement"] < 1.0
+    assert "free_gap" not in metrics and 0.0 <= metrics["infill_agreement"] < 1.0
     with pytest.raises(ValueError, match="fidelity='medium'; allowed: low, full"):
         evaluator.evaluate(_plan(adapter), fidelity="medium")
 
@@ -122,13 +127,14 @@ def test_infill_windows_of_their_own_length() -> None:
 
 def _states_of(states: MaskedStates, chunks: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.cat([torch.arange(*states.chunks[c]) for c in chunks])
-    return states.mask_ratio[rows], states.window[rows]
+    return states.progress[rows], states.window[rows]
 
 
 @pytest.mark.parametrize(("low", "full"), [(2, 6), (6, 2), (3, 3)])
 def test_each_fidelity_scores_a_stratified_grid_of_its_own_windows(low: int, full: int) -> None:
     windows = torch.randint(0, 60, (6, 32), generator=torch.Generator().manual_seed(0))
-    states = build_masked_states(windows, 63, repeats=4, seed=0, low_windows=low, full_windows=full, batch_size=5)
+    states = build_masked_states(windows, 63, repeats=4, seed=0, low_windows=low, full_windows=full, block_length=8,
+                                 batch_size=5)
 
     def grid(count: int) -> list[float]:  # the whole denoising range, evenly
         return ((torch.arange(count * 4) + 0.5) / (count * 4)).tolist()
@@ -141,7 +147,7 @@ def test_each_fidelity_scores_a_stratified_grid_of_its_own_windows(low: int, ful
     shared = set(states.low_chunks) & set(states.full_chunks)
     assert shared == (set(states.low_chunks) if low <= full else set())  # a subset, or states of their own
     with pytest.raises(ValueError, match="windows: 6 rows, but the fidelities need 7"):
-        build_masked_states(windows, 63, repeats=4, seed=0, low_windows=7, full_windows=2)
+        build_masked_states(windows, 63, repeats=4, seed=0, low_windows=7, full_windows=2, block_length=8)
 
 
 def test_more_low_fidelity_windows_than_full_fidelity_ones() -> None:
@@ -203,4 +209,35 @@ def test_no_infill_windows_means_no_infill_term() -> None:
     result = evaluator.evaluate(_plan(adapter, weight_bits=2))
     assert "infill_agreement" not in result.metrics
     m = result.metrics
-    assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"]))
+    assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"])
+                                         + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
+
+
+def test_masked_states_are_shaped_like_the_sampler_s() -> None:
+    ids = torch.arange(32).repeat(5, 1)  # (5, 32): four blocks of 8
+    progress = torch.tensor([0.0, 0.1, 0.3, 0.74, 1.0])
+    corrupted, masked = mask_like_sampler(ids, progress, 8, 99, torch.Generator().manual_seed(0))
+    for row, block in enumerate([0, 0, 1, 2, 3]):
+        start, end = 8 * block, 8 * block + 8
+        assert torch.equal(corrupted[row, :start], ids[row, :start])  # earlier blocks: clean text
+        assert bool((corrupted[row, end:] == 99).all())  # later blocks: all [MASK], not scored
+        assert not masked[row, :start].any() and not masked[row, end:].any() and masked[row, start:end].any()
+        assert bool((corrupted[row][masked[row]] == 99).all())
+    assert int(masked[0].sum()) == 8  # at the start of a block all of it is still masked
+    assert int(masked[4].sum()) == 1  # at the very end, one position is left to commit
+    with pytest.raises(ValueError, match="block_length=5: must divide the state length 32"):
+        mask_like_sampler(ids, progress, 5, 99, torch.Generator())
+
+
+def test_low_fidelity_free_rows_use_a_fixed_step_count() -> None:
+    adapter = tiny_model()
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=6))
+    two_blocks = uniform_plan(adapter, gen_length=8, block_length=4, steps=2).sampler
+    assert evaluator.low_fidelity_sampler(two_blocks).steps == 6  # a multiple of the 2 blocks
+    assert evaluator.low_fidelity_sampler(dataclasses.replace(two_blocks, steps=8)).steps == 6
+    capped = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=32))
+    assert capped.low_fidelity_sampler(two_blocks).steps == 8  # at most one token per step
+    plans_own = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=0))
+    assert plans_own.low_fidelity_sampler(two_blocks) == two_blocks
+    plan = _plan(adapter, weight_bits=2, steps=2)
+    assert plans_own.evaluate(plan, "low").metrics["free_steps"] == 2.0
