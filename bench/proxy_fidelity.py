@@ -117,7 +117,7 @@ def kendall(a: list[float], b: list[float]) -> float:
 
 
 def step_only(rows: list[dict[str, float]], fidelity: str,
-              weight: float = ProxySettings.low_fidelity_dense_step_weight) -> list[float]:
+              weight: float = ProxySettings.dense_step_weight) -> list[float]:
     """A proxy without its generation terms: masked KL plus the cached dense step term."""
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
@@ -149,9 +149,13 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
     fidelity) ranks like the full evaluator best."""
     full = [row["full"] for row in rows]
     figures = {}
-    grid = list(itertools.product(TRAJECTORY_WEIGHTS, FREE_WEIGHTS, INFILL_WEIGHTS, DENSE_STEP_WEIGHTS))
     for fidelity, prefix in (("proxy", "tuned"), ("low", "tuned_low")):
-        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in grid)
+        def grid(part: str, weights: tuple[float, ...], fidelity: str = fidelity) -> tuple[float, ...]:
+            return weights if f"{fidelity}.{part}" in rows[0] else (0.0,)  # a term the dump lacks stays off
+
+        candidates = itertools.product(grid("trajectory_agreement", TRAJECTORY_WEIGHTS), grid("free_gap", FREE_WEIGHTS),
+                                       grid("infill_agreement", INFILL_WEIGHTS), DENSE_STEP_WEIGHTS)
+        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in candidates)
         figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_free_weight": weights[1],
                     f"{prefix}_infill_weight": weights[2], f"{prefix}_dense_step_weight": weights[3],
                     f"{prefix}_spearman_{fidelity}_full": rho}

@@ -66,10 +66,10 @@ sees, and why (figures: bench/RESULTS.md):
 ``fidelity="low"`` scores::
 
     low = KL + low_fidelity_free_weight * max(0, free_gap at low_fidelity_free_steps)
-             + low_fidelity_dense_step_weight * max(0, steps_unconditional_gap)
+             + dense_step_weight * max(0, steps_unconditional_gap)
 
-with ``low_fidelity_free_weight = 1/12`` and ``low_fidelity_dense_step_weight = 1/4`` (chosen on
-the tuning Plans as above). Its KL measures ``low_fidelity_windows`` windows on a stratified grid of
+with ``low_fidelity_free_weight = 1/12`` (chosen on the tuning Plans as above, where the dense
+step term's best weight was 1/8 again). Its KL measures ``low_fidelity_windows`` windows on a stratified grid of
 progress values of their own (a subset of the full fidelity's states when no more than
 ``windows``, by default the same 8; states of their own when more: :func:`build_masked_states`).
 Its ``low_fidelity_free_rows`` free rows run ``low_fidelity_free_steps`` steps whatever the Plan's
@@ -139,9 +139,8 @@ class ProxySettings:
     prompt_length: int = 32
     trajectory_weight: float = 1.0
     step_weight: float = 1 / 3  # weight of the free-generation gap
-    dense_step_weight: float = 1 / 8  # weight of the cached dense step term beside the free gap
+    dense_step_weight: float = 1 / 8  # weight of the cached dense step term (both fidelities)
     low_fidelity_free_weight: float = 1 / 12  # weight of the low fidelity's free gap
-    low_fidelity_dense_step_weight: float = 1 / 4  # weight of the dense step term at low fidelity
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: the dense step term instead)
     infill_windows: int = 0  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
@@ -517,12 +516,12 @@ class ProxyEvaluator(BaseEvaluator):
             free_sampler = self.low_fidelity_sampler(plan.sampler)
             reference_steps = free_sampler.steps if s.low_fidelity_free_steps > 0 else None
             parts |= self.free_term(model, free_sampler, s.low_fidelity_free_rows, reference_steps)
-            free_weight, dense_weight = s.low_fidelity_free_weight, s.low_fidelity_dense_step_weight
+            free_weight = s.low_fidelity_free_weight
         else:
             parts |= self.free_term(model, plan.sampler, s.unconditional_rows)
-            free_weight, dense_weight = s.step_weight, s.dense_step_weight
+            free_weight = s.step_weight
         steps_term = (free_weight * max(0.0, parts.get("free_gap", 0.0))
-                      + dense_weight * max(0.0, parts["steps_unconditional_gap"]))
+                      + s.dense_step_weight * max(0.0, parts["steps_unconditional_gap"]))
         score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + steps_term
                  + s.infill_weight * (1.0 - parts.get("infill_agreement", 1.0)))
         return QualityResult(score, {**kl_parts, **parts}, fidelity)

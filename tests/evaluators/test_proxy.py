@@ -100,7 +100,7 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     assert "infill_agreement" not in low.metrics and low.metrics["free_steps"] == 8.0
     m, s = low.metrics, SETTINGS
     assert low.score == pytest.approx(m["kl"] + s.low_fidelity_free_weight * max(0.0, m["free_gap"])
-                                      + s.low_fidelity_dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
+                                      + s.dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
     assert evaluator.evaluate(_plan(adapter), fidelity="low").score == 0.0
     generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=0,
                                                          low_fidelity_infill_windows=1))
