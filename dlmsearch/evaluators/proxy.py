@@ -69,21 +69,23 @@ sees, and why (figures: bench/RESULTS.md):
              + dense_step_weight * max(0, steps_unconditional_gap)
 
 with ``low_fidelity_free_weight = 1/12`` (chosen on the tuning Plans as above, where the dense
-step term's best weight was 1/8 again). Its KL measures ``low_fidelity_windows`` windows on a stratified grid of
-progress values of their own (a subset of the full fidelity's states when no more than
-``windows``, by default the same 8; states of their own when more: :func:`build_masked_states`).
-Its ``low_fidelity_free_rows`` free rows run ``low_fidelity_free_steps`` steps whatever the Plan's
-(:meth:`ProxyEvaluator.low_fidelity_sampler`; 0: the Plan's own), and their gap is taken to the
-dense model's free rows at the same steps under the same seed: what compression does to
-generated text at a fixed cheap step count, while the dense step term charges the Plan's step
-count (step and compression damage taken as additive, as quantization error is found to add over
-steps in image diffusion). Without that generation the KL and the dense step term ranked the
-tuning Plans at Spearman 0.80 only (the KL misses how compression degrades generated text,
-pruning above all: it ranks Plans of one step count at 0.3-0.8 where the free gap reaches
-0.75-0.9); 4 free rows at 8 steps lifted that to 0.88 (at 16 steps 0.89, at twice the
-generation cost). Generation costs forwards by the step, so the low fidelity costs about half the
-full one (bench/RESULTS.md); under ``fidelity: multi`` its score, below the full fidelity's, only
-skips Plans far behind a cheaper front member.
+step term's best weight was 1/8 again). Its KL measures ``low_fidelity_windows`` windows on a
+stratified grid of progress values of their own (a subset of the full fidelity's states when no
+more than ``windows``, by default the same 8; states of their own when more:
+:func:`build_masked_states`). Its ``low_fidelity_free_rows`` free rows run
+``low_fidelity_free_steps`` steps whatever the Plan's (:meth:`ProxyEvaluator.low_fidelity_sampler`;
+0: the Plan's own), and their gap is taken to the dense model's free rows at the same steps under
+the same seed: what compression does to generated text at a fixed cheap step count, while the
+dense step term charges the Plan's step count (step and compression damage taken as additive, as
+quantization error is found to add over steps in image diffusion). Without that generation the KL
+and the dense step term ranked the tuning Plans at Spearman 0.80 only (the KL misses how
+compression degrades generated text, pruning above all: it ranks Plans of one step count at
+0.3-0.8 where the free gap reaches 0.75-0.9); 4 free rows at 8 steps lifted that to 0.88 (at 16
+steps 0.89, at twice the generation cost). On the embedded model a forward of a few rows costs
+its overhead, so the low fidelity costs about two thirds of the full one (bench/RESULTS.md); on
+a large model its 8 steps against the Plan's 16-64 are the saving. Under ``fidelity: multi`` its
+score, below the full fidelity's, only skips Plans far behind a cheaper front member;
+``low_fidelity_free_rows=0`` makes it generation-free again (about half the cost, Spearman 0.80).
 ``steps_prompted_gap`` (the same for greedy prompted rows) is a diagnostic: few steps give
 repetitive text the model finds *likely*, so prompted rows do not show the step damage.
 
@@ -159,7 +161,7 @@ class ProxySettings:
 @dataclass(frozen=True)
 class MaskedStates:
     """The fixed masked states of one sampler layout: ids (S, L), scored positions (S, L), denoising
-    progress (S,) and window index (S,).
+    progress (S,), window index (S,) and the clean text (S, L).
 
     States are ordered by part (the low-fidelity part first), then by progress; ``chunks`` are the
     fixed ``[start, end)`` batches the model runs on; ``low_chunks`` and ``full_chunks`` are the
@@ -170,6 +172,7 @@ class MaskedStates:
     masked: torch.Tensor
     progress: torch.Tensor
     window: torch.Tensor
+    text: torch.Tensor
     chunks: tuple[tuple[int, int], ...] = ()
     low_chunks: tuple[int, ...] = ()
     full_chunks: tuple[int, ...] = ()
@@ -244,7 +247,7 @@ def build_masked_states(windows: torch.Tensor, mask_token_id: int, repeats: int,
         chunks += part
         start = end
     full_chunks = part_chunks[0] + part_chunks[1] if extends else part_chunks[1]
-    return MaskedStates(ids, masked, progress, window, tuple(chunks), part_chunks[0], full_chunks)
+    return MaskedStates(ids, masked, progress, window, windows[window], tuple(chunks), part_chunks[0], full_chunks)
 
 
 class ProxyEvaluator(BaseEvaluator):
@@ -386,14 +389,16 @@ class ProxyEvaluator(BaseEvaluator):
         ``kl_late``: mean over the masked positions of the states before / from half-way through
         denoising (progress below / from 0.5); ``rkl``: KL(compressed || dense) and ``ce_gap``:
         the dense model's cross-entropy of the compressed model's predictions minus its own entropy
-        (what sampling from the compressed model costs per position), per masked position. The
-        last four are diagnostics: none ranked Plans better than ``kl`` (bench/RESULTS.md).
+        (what sampling from the compressed model costs per position), per masked position;
+        ``nelbo_gap``: the masked-token NELBO term, the compressed model's negative log-likelihood of
+        the held-out characters at the masked positions minus the dense model's, per position. All
+        but ``kl`` are diagnostics: none ranked Plans better (bench/RESULTS.md).
         """
         check_fidelity(fidelity)
         states, reference = self.masked_states(plan.sampler)
         chunks = states.low_chunks if fidelity == "low" else states.full_chunks
         totals, counts_by_half, state_means = [0.0, 0.0], [0, 0], []
-        other = {"rkl": 0.0, "ce_gap": 0.0}
+        other = {"rkl": 0.0, "ce_gap": 0.0, "nelbo_gap": 0.0}
         for c in chunks:
             start, end = states.chunks[c]
             logq = self._chunk_logprobs(model, states, c, self._rows_by_group(plan, states.progress[start:end]))
@@ -402,6 +407,8 @@ class ProxyEvaluator(BaseEvaluator):
             per_position = (p * (logp - logq)).sum(dim=-1).double()
             other["rkl"] += float((q * (logq - logp)).sum(dim=-1).double().sum())
             other["ce_gap"] += float(((p - q) * logp).sum(dim=-1).double().sum())
+            truth = states.text[start:end][states.masked[start:end]][:, None]
+            other["nelbo_gap"] += float((logp.gather(1, truth) - logq.gather(1, truth)).double().sum())
             row = states.masked[start:end].nonzero()[:, 0]
             sums = torch.zeros(end - start, dtype=torch.float64).index_add_(0, row, per_position)
             counts = states.masked[start:end].sum(dim=1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlmsearch.compress import force_timestep_group
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
 from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
@@ -241,3 +242,20 @@ def test_low_fidelity_free_rows_use_a_fixed_step_count() -> None:
     assert plans_own.low_fidelity_sampler(two_blocks) == two_blocks
     plan = _plan(adapter, weight_bits=2, steps=2)
     assert plans_own.evaluate(plan, "low").metrics["free_steps"] == 2.0
+
+
+def test_the_masked_token_nelbo_gap_is_the_log_likelihood_lost_on_the_held_out_characters() -> None:
+    adapter = tiny_model()
+    evaluator = _evaluator(adapter)
+    plan = _plan(adapter, weight_bits=2)
+    model = evaluator.compressed(plan)
+    states, _ = evaluator.masked_states(plan.sampler)
+    rows = torch.cat([torch.arange(*states.chunks[c]) for c in states.full_chunks])
+    with torch.no_grad(), force_timestep_group(model.model, 0):
+        logq = torch.log_softmax(model.forward_logits(states.ids[rows]).float(), dim=-1)
+    with torch.no_grad():
+        logp = torch.log_softmax(adapter.forward_logits(states.ids[rows]).float(), dim=-1)
+    truth = states.text[rows][:, :, None]
+    lost = (logp.gather(2, truth) - logq.gather(2, truth))[..., 0][states.masked[rows]]
+    assert evaluator.masked_kl_parts(model, plan)["nelbo_gap"] == pytest.approx(float(lost.mean()), rel=1e-4)
+    assert evaluator.evaluate(_plan(adapter)).metrics["nelbo_gap"] == 0.0
