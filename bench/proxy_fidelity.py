@@ -4,6 +4,7 @@ Reproduce with::
 
     .venv/bin/python bench/proxy_fidelity.py --seed 2 --dump runs/pf2.json    # 40 random Plans (the reported set)
     .venv/bin/python bench/proxy_fidelity.py --seed 0 --dump runs/pf0.json    # tuning Plans, with --seed 1 --plans 24
+    .venv/bin/python bench/proxy_fidelity.py --space light --seed 3 --plans 24   # lightly compressed Plans
     .venv/bin/python bench/proxy_fidelity.py --quick            # 6 Plans, smaller evaluators (under a minute)
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf0.json runs/pf1.json --tune   # weights, pooled
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --weights 0 0.3333 0 0.125  # rescored
@@ -18,8 +19,10 @@ its full-evaluator scores are what cost time.)
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
 with magnitude / wanda / sink_wanda, two timestep groups, and steps in {8, 16, 32, 64} for 64
-generated characters. Each Plan is scored by the proxy (full and low fidelity), by the full
-evaluator, and by plain masked NELBO of the compressed model on held-out windows. Tune the proxy
+generated characters (``--space light``: 4-16 bits, at most 20% pruned, Wanda or sink-aware
+Wanda: the region a search's front ends up in). Each Plan is scored by the proxy (full and low
+fidelity), by the full evaluator, and by plain masked NELBO of the compressed model on held-out
+windows. Tune the proxy
 on some seeds and report another: the proxy's weights were chosen on ``--seed 0`` (40 Plans) and
 ``--seed 1`` (24 Plans) pooled; the figures in bench/RESULTS.md come from ``--seed 2`` (40 Plans).
 
@@ -85,13 +88,20 @@ QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibrat
                           draws=1)
 
 
-def random_plan(adapter: DLMAdapter, rng: random.Random) -> Plan:
-    """A random Plan: one setting per (block, attention | MLP) group, two timestep groups."""
+#: Plan spaces to draw from: ``default`` is the search's; ``light`` holds the lightly compressed Plans a
+#: search's front ends up among (4-16 bits, at most 20% pruned).
+SPACES = {"default": (BITS, SPARSITIES, METHODS),
+          "light": ((4, 8, 16), (0.0, 0.1, 0.2), ("wanda", "sink_wanda"))}
+
+
+def random_plan(adapter: DLMAdapter, rng: random.Random, space: str = "default") -> Plan:
+    """A random Plan of ``space``: one setting per (block, attention | MLP) group, two timestep groups."""
+    bits, sparsities, methods = SPACES[space]
     layers = {}
     for block in range(adapter.shape.num_layers):
         for part in ("attn", "mlp"):
-            setting = LayerPlan(weight_bits=(rng.choice(BITS), rng.choice(BITS)), act_bits=(16, 16),
-                                sparsity=rng.choice(SPARSITIES), prune_method=rng.choice(METHODS), group_size=64)
+            setting = LayerPlan(weight_bits=(rng.choice(bits), rng.choice(bits)), act_bits=(16, 16),
+                                sparsity=rng.choice(sparsities), prune_method=rng.choice(methods), group_size=64)
             for info in adapter.linears():
                 if info.block == block and (info.role in ("q", "k", "v", "o")) == (part == "attn"):
                     layers[info.name] = setting
@@ -184,12 +194,14 @@ def full_draws(rows: list[dict[str, float]]) -> list[list[float]]:
     return [[row[name] for row in rows] for name in names]
 
 
-def add_full_draws(rows: list[dict[str, float]], seed: int, draw_seeds: list[int]) -> list[dict[str, float]]:
+def add_full_draws(rows: list[dict[str, float]], seed: int, draw_seeds: list[int],
+                   space: str = "default") -> list[dict[str, float]]:
     """The dump's rows with the full evaluator's score under each of ``draw_seeds`` added as
-    ``full_draw<seed>`` (the dump's Plans regenerated from ``seed``, compressed as the dump's were)."""
+    ``full_draw<seed>`` (the dump's Plans regenerated from ``seed`` and ``space``, compressed as the
+    dump's were)."""
     adapter = load_model()
     rng = random.Random(seed)
-    plans = [random_plan(adapter, rng) for _ in rows]
+    plans = [random_plan(adapter, rng, space) for _ in rows]
     defaults = ProxySettings()
     compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
     out = [dict(row) for row in rows]
@@ -251,7 +263,7 @@ def variant_figures(dumped: dict[str, Any], assignments: list[str], dump: Path |
     rows, seed = dumped["rows"], int(dumped["seed"])
     adapter = load_model()
     rng = random.Random(seed)
-    plans = [random_plan(adapter, rng) for _ in rows]
+    plans = [random_plan(adapter, rng, dumped.get("space", "default")) for _ in rows]
     variant = ProxyEvaluator(adapter, settings_with(ProxySettings, assignments))
     defaults = ProxySettings()  # the dumped Plans' compressed models: a variant changes the measurement only
     variant.compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
@@ -293,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="6 Plans and smaller evaluators")
     parser.add_argument("--plans", type=int, default=None, help="number of random Plans (default 40, quick 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random Plans (tune on 1, report 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random Plans (tuned: 0, 1; reported: 2)")
+    parser.add_argument("--space", choices=sorted(SPACES), default="default",
+                        help="draw the Plans from the search's space or from lightly compressed ones")
     parser.add_argument("--full-repeat", action="store_true",
                         help="score every Plan a second time by the full evaluator under another seed")
     parser.add_argument("--dump", type=Path, default=None,
@@ -329,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if dumped.get("full_draws", 1) != 1:
                 parser.error(f"--full-draws: the dump's full scores already average {dumped['full_draws']} draws; "
                              "single draws can be added to a dump of one-draw scores only")
-            rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws)
+            rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws, dumped.get("space", "default"))
             if args.dump is not None:
                 args.dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
         figures = {"plans": float(len(rows)), **correlations(rows)}
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rows: list[dict[str, float]] = []
     timing = {"proxy": 0.0, "low": 0.0, "full": 0.0}
     for _ in tqdm(range(n_plans), desc="plans", file=sys.stderr):
-        plan = random_plan(adapter, rng)
+        plan = random_plan(adapter, rng, args.space)
         row: dict[str, float] = {"steps": plan.sampler.steps,
                                  "mean_sparsity": sum(lp.sparsity for lp in plan.layers.values()) / len(plan.layers),
                                  "mean_bits": sum(sum(lp.weight_bits) / 2 for lp in plan.layers.values())
@@ -392,8 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             row["nelbo"] = evaluate_nelbo(proxy.compressed(plan).forward_logits, windows, adapter.mask_token_id)
         rows.append(row)
         if args.dump is not None:
-            args.dump.write_text(json.dumps({"seed": args.seed, "quick": args.quick, "full_draws": full.settings.draws,
-                                             "rows": rows}, indent=1))
+            args.dump.write_text(json.dumps({"seed": args.seed, "space": args.space, "quick": args.quick,
+                                             "full_draws": full.settings.draws, "rows": rows}, indent=1))
     figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
                "seconds_per_plan_proxy": timing["proxy"] / n_plans,
                "seconds_per_plan_low": timing["low"] / n_plans,
