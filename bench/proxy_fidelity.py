@@ -132,31 +132,33 @@ def step_only(rows: list[dict[str, float]], fidelity: str,
     return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
 
 
-Weights = tuple[float, float, float, float]  # trajectory, free gap, infill, dense step term
+Weights = tuple[float, float, float, float, float]  # trajectory, free gap, infill, dense step, step diversity
 
 
 def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "proxy") -> list[float]:
     """The proxy's score recomputed from its dumped parts with other (trajectory, free gap, infill, dense
-    step) weights (the score is linear in them; a part the dump lacks counts 0)."""
-    trajectory, free, infill, dense = weights
+    step, step diversity) weights (the score is linear in them; a part the dump lacks counts 0)."""
+    trajectory, free, infill, dense, diversity = weights
 
     def part(row: dict[str, float], name: str, default: float = 0.0) -> float:
         return row.get(f"{fidelity}.{name}", default)
 
     return [row[f"{fidelity}.kl"] + trajectory * part(row, "trajectory") + free * max(0.0, part(row, "free_gap"))
             + infill * (1.0 - part(row, "infill_agreement", 1.0))
-            + dense * max(0.0, part(row, "steps_unconditional_gap")) for row in rows]
+            + dense * max(0.0, part(row, "steps_unconditional_gap"))
+            + diversity * part(row, "steps_prompted_diversity_gap") for row in rows]
 
 
 TRAJECTORY_WEIGHTS = (0.0, 0.5, 1.0)
 FREE_WEIGHTS = (0.0, 1 / 12, 1 / 6, 1 / 3, 2 / 3, 1.0)
 INFILL_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 DENSE_STEP_WEIGHTS = (0.0, 1 / 8, 1 / 4, 1 / 3, 1 / 2)
+STEP_DIVERSITY_WEIGHTS = (0.0, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
-    """The (trajectory, free gap, infill, dense step) weights of the grid whose rescored proxy (and low
-    fidelity) ranks like the full evaluator best."""
+    """The (trajectory, free gap, infill, dense step, step diversity) weights of the grid whose rescored
+    proxy (and low fidelity) ranks like the full evaluator best."""
     full = [row["full"] for row in rows]
     figures = {}
     for fidelity, prefix in (("proxy", "tuned"), ("low", "tuned_low")):
@@ -164,10 +166,12 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
             return weights if f"{fidelity}.{part}" in rows[0] else (0.0,)  # a term the dump lacks stays off
 
         candidates = itertools.product(grid("trajectory_agreement", TRAJECTORY_WEIGHTS), grid("free_gap", FREE_WEIGHTS),
-                                       grid("infill_agreement", INFILL_WEIGHTS), DENSE_STEP_WEIGHTS)
+                                       grid("infill_agreement", INFILL_WEIGHTS), DENSE_STEP_WEIGHTS,
+                                       grid("steps_prompted_diversity_gap", STEP_DIVERSITY_WEIGHTS))
         rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in candidates)
         figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_free_weight": weights[1],
                     f"{prefix}_infill_weight": weights[2], f"{prefix}_dense_step_weight": weights[3],
+                    f"{prefix}_step_diversity_weight": weights[4],
                     f"{prefix}_spearman_{fidelity}_full": rho}
     return figures
 
@@ -318,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                              "scoring Plans")
     parser.add_argument("--tune", action="store_true",
                         help="with --from-dump: grid-search the weights of the proxy's terms on the dumps' Plans")
-    parser.add_argument("--weights", type=float, nargs=4, metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP"),
+    parser.add_argument("--weights", type=float, nargs=5,
+                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY"),
                         default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
     parser.add_argument("--variant", nargs="+", metavar="KEY=VALUE", default=None,
@@ -329,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--full-draws", type=int, nargs="+", metavar="SEED", default=None,
                         help="with --from-dump: score the dump's Plans by the full evaluator under these further seeds "
                              "(>= 2) and write the dump with them added to --dump")
-    parser.add_argument("--low-weights", type=float, nargs=4, metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP"),
+    parser.add_argument("--low-weights", type=float, nargs=5,
+                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY"),
                         default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
@@ -357,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             proxy = rescored(rows, weights)
             low = rescored(rows, tuple(args.low_weights or args.weights), "low")
             figures.update({"weights_trajectory": weights[0], "weights_free": weights[1], "weights_infill": weights[2],
-                            "weights_dense_step": weights[3],
+                            "weights_dense_step": weights[3], "weights_step_diversity": weights[4],
                             "weights_spearman_proxy_full": spearman(proxy, full),
                             "weights_kendall_proxy_full": kendall(proxy, full),
                             "weights_spearman_low_full": spearman(low, full),

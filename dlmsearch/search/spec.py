@@ -41,7 +41,7 @@ BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_b
                                 "latency_fraction", "peak_mem_fraction")
 EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
                                        "low_fidelity_prompts", "low_fidelity_free_rows", "low_fidelity_infill_windows",
-                                       "low_fidelity_free_steps", "low_fidelity_free_weight",
+                                       "low_fidelity_free_steps", "low_fidelity_free_weight", "step_diversity_weight",
                                        "trajectory_prompts", "prompt_length", "trajectory_weight", "step_weight",
                                        "dense_step_weight", "step_rows",
                                        "unconditional_rows", "infill_windows", "infill_span", "infill_spans",
@@ -449,7 +449,7 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
             if key in ("trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight",
-                       "infill_weight"):
+                       "step_diversity_weight", "infill_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
                 c.integer(f"evaluator.settings.{key}", value, 0 if key in _ZERO_OK_SETTINGS else 1)

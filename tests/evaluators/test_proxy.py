@@ -12,6 +12,7 @@ from dlmsearch.compress import force_timestep_group
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
 from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
+from dlmsearch.evaluators.full import distinct_ngrams
 from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states, mask_like_sampler
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import Plan, uniform_plan
@@ -101,7 +102,8 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     assert "infill_agreement" not in low.metrics and low.metrics["free_steps"] == 8.0
     m, s = low.metrics, SETTINGS
     assert low.score == pytest.approx(m["kl"] + s.low_fidelity_free_weight * max(0.0, m["free_gap"])
-                                      + s.dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
+                                      + s.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
+                                      + s.step_diversity_weight * m["steps_prompted_diversity_gap"])
     assert evaluator.evaluate(_plan(adapter), fidelity="low").score == 0.0
     generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=0,
                                                          low_fidelity_infill_windows=1))
@@ -211,7 +213,8 @@ def test_no_infill_windows_means_no_infill_term() -> None:
     assert "infill_agreement" not in result.metrics
     m = result.metrics
     assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"])
-                                         + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"]))
+                                         + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
+                                         + SETTINGS.step_diversity_weight * m["steps_prompted_diversity_gap"])
 
 
 def test_masked_states_are_shaped_like_the_sampler_s() -> None:
@@ -259,3 +262,18 @@ def test_the_masked_token_nelbo_gap_is_the_log_likelihood_lost_on_the_held_out_c
     lost = (logp.gather(2, truth) - logq.gather(2, truth))[..., 0][states.masked[rows]]
     assert evaluator.masked_kl_parts(model, plan)["nelbo_gap"] == pytest.approx(float(lost.mean()), rel=1e-4)
     assert evaluator.evaluate(_plan(adapter)).metrics["nelbo_gap"] == 0.0
+
+
+def test_the_step_diversity_term_is_the_dense_prompted_rows_lost_variety() -> None:
+    adapter = tiny_model()
+    evaluator = _evaluator(adapter)
+    sampler = _plan(adapter, steps=2).sampler
+    parts = evaluator.step_term(sampler)
+    prompts = evaluator._prompts(SETTINGS.step_rows, sampler.gen_length)
+    few = evaluator._dense_generation(sampler, prompts, nelbo_repeats=SETTINGS.step_nelbo_repeats)[0]
+    best = evaluator._dense_generation(dataclasses.replace(sampler, steps=sampler.gen_length), prompts,
+                                       nelbo_repeats=SETTINGS.step_nelbo_repeats)[0]
+    start = prompts.shape[1]
+    expected = max(0.0, distinct_ngrams(best[:, start:]) - distinct_ngrams(few[:, start:]))
+    assert parts["steps_prompted_diversity_gap"] == pytest.approx(expected)
+    assert evaluator.step_term(_plan(adapter).sampler)["steps_prompted_diversity_gap"] == 0.0  # one token per step
