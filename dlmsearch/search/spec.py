@@ -39,18 +39,15 @@ FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
 ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
                                 "latency_fraction", "peak_mem_fraction")
-EVALUATOR_SETTINGS: tuple[str, ...] = ("windows", "window_length", "repeats", "low_fidelity_windows",
-                                       "low_fidelity_prompts", "low_fidelity_free_rows", "low_fidelity_infill_windows",
-                                       "low_fidelity_free_steps", "low_fidelity_free_weight", "step_diversity_weight",
-                                       "trajectory_prompts", "prompt_length", "trajectory_weight", "step_weight",
-                                       "dense_step_weight", "step_rows",
-                                       "unconditional_rows", "infill_windows", "infill_span", "infill_spans",
-                                       "infill_window_length", "infill_weight",
-                                       "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed")
+EVALUATOR_SETTINGS: tuple[str, ...] = (
+    "windows", "window_length", "repeats", "low_fidelity_windows", "low_fidelity_prompts", "low_fidelity_free_rows",
+    "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "prompt_length",
+    "trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight", "step_diversity_weight",
+    "step_rows", "unconditional_rows", "infill_windows", "infill_span", "infill_spans", "infill_window_length",
+    "infill_weight", "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed")
 #: Evaluator settings that may be 0 (a term switched off, or seed 0).
 _ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
-                     "low_fidelity_free_steps",
-                     "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",
+                     "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",
                      "infill_window_length")
 
 

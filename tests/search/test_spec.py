@@ -112,8 +112,12 @@ def test_relative_budgets_resolve_against_the_dense_plan() -> None:
 
 def test_every_evaluator_setting_reaches_the_proxy() -> None:
     fields = {f.name for f in dataclasses.fields(ProxySettings)}
-    assert set(EVALUATOR_SETTINGS) <= fields
-    spec = spec_from_dict({"study": "s", "evaluator": {"settings": {"nelbo_repeats": 4, "step_nelbo_repeats": 32,
-                                                                    "dense_step_weight": 0.25}}})
+    assert fields - set(EVALUATOR_SETTINGS) == {"split", "batch_size"}  # the data split and batching are not knobs
+    spec = spec_from_dict({"study": "s", "evaluator": {"settings": {
+        "nelbo_repeats": 4, "step_nelbo_repeats": 32, "dense_step_weight": 0.25, "step_diversity_weight": 0,
+        "low_fidelity_free_steps": 0}}})
     settings = ProxySettings(**dict(spec.evaluator.settings))
     assert (settings.nelbo_repeats, settings.step_nelbo_repeats, settings.dense_step_weight) == (4, 32, 0.25)
+    assert (settings.step_diversity_weight, settings.low_fidelity_free_steps) == (0, 0)
+    with pytest.raises(StudySpecError, match="evaluator.settings.step_diversity_weight"):
+        spec_from_dict({"study": "s", "evaluator": {"settings": {"step_diversity_weight": -1}}})
