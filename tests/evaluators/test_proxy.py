@@ -277,3 +277,17 @@ def test_the_step_diversity_term_is_the_dense_prompted_rows_lost_variety() -> No
     expected = max(0.0, distinct_ngrams(best[:, start:]) - distinct_ngrams(few[:, start:]))
     assert parts["steps_prompted_diversity_gap"] == pytest.approx(expected)
     assert evaluator.step_term(_plan(adapter).sampler)["steps_prompted_diversity_gap"] == 0.0  # one token per step
+
+
+def test_heavier_compression_of_the_same_layers_scores_worse_on_average_over_seeds() -> None:
+    adapter = tiny_model()
+    evaluators = [_evaluator(adapter, dataclasses.replace(SETTINGS, seed=seed)) for seed in range(3)]
+
+    def mean_score(**knobs: object) -> float:
+        return sum(e.evaluate(_plan(adapter, **knobs)).score for e in evaluators) / len(evaluators)
+
+    dense, w8, w4, w2 = mean_score(), mean_score(weight_bits=8), mean_score(weight_bits=4), mean_score(weight_bits=2)
+    assert dense == 0.0 < w8 < w4 < w2
+    assert w2 > 10 * w8  # 2-bit everywhere is far worse than 8-bit everywhere
+    light, heavy = mean_score(sparsity=0.2, prune_method="wanda"), mean_score(sparsity=0.6, prune_method="wanda")
+    assert 0.0 < light < heavy
