@@ -56,7 +56,8 @@ sees, and why (figures: bench/RESULTS.md):
   lightly compressed ones, where a search's front lies, the step count is most of what differs:
   there it lifted the ranking from 0.53 to 0.64 (proxy) and 0.55 to 0.85 (low fidelity) on the
   tuning set (bench/RESULTS.md). ``steps_free_diversity_gap`` is the same for the free rows
-  (diagnostic: sampled rows keep their variety).
+  (diagnostic: 0.19 / 0.11 at 16 / 32 steps, 0 at 8, where sampled rows turn to gibberish, which
+  is diverse).
 - ``infill_agreement`` (off by default): ``infill_spans`` spans of ``infill_span`` characters in each of
   ``infill_windows`` windows of ``infill_window_length`` characters are filled by the compressed
   model with the Plan's passes per token and block length
