@@ -126,12 +126,6 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) > 2 else float("nan")
 
 
-def step_only(rows: list[dict[str, float]], fidelity: str,
-              weight: float = ProxySettings.dense_step_weight) -> list[float]:
-    """A proxy without its generation terms: masked KL plus the cached dense step term."""
-    return [row[f"{fidelity}.kl"] + weight * max(0.0, row[f"{fidelity}.steps_unconditional_gap"]) for row in rows]
-
-
 Weights = tuple[float, float, float, float, float]  # trajectory, free gap, infill, dense step, step diversity
 
 
@@ -147,6 +141,12 @@ def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "pr
             + infill * (1.0 - part(row, "infill_agreement", 1.0))
             + dense * max(0.0, part(row, "steps_unconditional_gap"))
             + diversity * part(row, "steps_prompted_diversity_gap") for row in rows]
+
+
+def step_only(rows: list[dict[str, float]], fidelity: str,
+              weight: float = ProxySettings.dense_step_weight) -> list[float]:
+    """A proxy without its generation terms: masked KL plus the cached dense step term."""
+    return rescored(rows, (0.0, 0.0, 0.0, weight, 0.0), fidelity)
 
 
 TRAJECTORY_WEIGHTS = (0.0, 0.5, 1.0)
