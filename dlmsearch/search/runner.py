@@ -16,6 +16,7 @@ fewer steps) and the solutions of the sensitivity-table integer program (:mod:`d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -377,7 +378,10 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
     failures = 0
     waiting_logged = False
     distributions = objective.context.space.distributions() if isinstance(objective, TrialObjective) else None
-    try:
+    # SIGTERM becomes RunInterrupted for the whole loop, not only inside the objective: a trial is
+    # RUNNING from study.ask on, and a SIGTERM before its objective started killed the process with
+    # that trial left RUNNING
+    with terminate_as_interrupt(), contextlib.closing(bar):
         while True:
             workers.fail_stale_trials(study)
             complete, running = workers.counts(study)
@@ -399,13 +403,13 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
             with warnings.catch_warnings():  # the heartbeat is recorded below (workers.heartbeat)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = study.ask(distributions)
-            if n_trials is not None and workers.is_surplus(study, trial, n_trials):
-                workers.skip(study, trial, n_trials)
-                time.sleep(0.05)
-                continue
-            workers.admit(study, trial)
             try:
-                with terminate_as_interrupt(), time_limit(trial_timeout_s), workers.heartbeat(study, trial):
+                if n_trials is not None and workers.is_surplus(study, trial, n_trials):
+                    workers.skip(study, trial, n_trials)
+                    time.sleep(0.05)
+                    continue
+                workers.admit(study, trial)
+                with time_limit(trial_timeout_s), workers.heartbeat(study, trial):
                     values = objective(trial)
             except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
                 tell_failed(study, trial, f"interrupted: {type(exc).__name__} {exc}")
@@ -432,8 +436,6 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
             trials = study.get_trials(deepcopy=False)
             bar.set_postfix(front=len(feasible_front(trials)), hv=f"{front_hypervolume(trials, hv_reference):.4f}",
                             feasible=is_feasible(frozen))
-    finally:
-        bar.close()
 
 
 def tell_failed(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
