@@ -83,7 +83,8 @@ SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 METHODS = ("magnitude", "wanda", "sink_wanda")
 STEPS = (8, 16, 32, 64)
 QUICK_PROXY = ProxySettings(windows=4, low_fidelity_windows=2, unconditional_rows=2, infill_windows=4,
-                            calibration_sequences=8, step_rows=2, nelbo_repeats=4, step_nelbo_repeats=4)
+                            calibration_sequences=8, step_rows=2, nelbo_repeats=4, step_nelbo_repeats=4,
+                            step_cost_rows=2, step_cost_windows=4)
 QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibration_sequences=8, nelbo_repeats=4,
                           draws=1)
 
@@ -92,6 +93,8 @@ QUICK_FULL = FullSettings(infill_windows=4, prompts=2, unconditional=2, calibrat
 #: search's front ends up among (4-16 bits, at most 20% pruned).
 SPACES = {"default": (BITS, SPARSITIES, METHODS),
           "light": ((4, 8, 16), (0.0, 0.1, 0.2), ("wanda", "sink_wanda"))}
+#: How figures name the Plans of each space.
+SPACE_LABELS = {"default": "random", "light": "light"}
 
 
 def random_plan(adapter: DLMAdapter, rng: random.Random, space: str = "default") -> Plan:
@@ -126,13 +129,14 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic) if len(a) > 2 else float("nan")
 
 
-Weights = tuple[float, float, float, float, float]  # trajectory, free gap, infill, dense step, step diversity
+Weights = tuple[float, float, float, float, float, float]  # trajectory, free gap, infill, dense step, step
+# diversity, step cost
 
 
 def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "proxy") -> list[float]:
     """The proxy's score recomputed from its dumped parts with other (trajectory, free gap, infill, dense
-    step, step diversity) weights (the score is linear in them; a part the dump lacks counts 0)."""
-    trajectory, free, infill, dense, diversity = weights
+    step, step diversity, step cost) weights (the score is linear in them; a part the dump lacks counts 0)."""
+    trajectory, free, infill, dense, diversity, step_cost = weights
 
     def part(row: dict[str, float], name: str, default: float = 0.0) -> float:
         return row.get(f"{fidelity}.{name}", default)
@@ -140,13 +144,14 @@ def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "pr
     return [row[f"{fidelity}.kl"] + trajectory * part(row, "trajectory") + free * max(0.0, part(row, "free_gap"))
             + infill * (1.0 - part(row, "infill_agreement", 1.0))
             + dense * max(0.0, part(row, "steps_unconditional_gap"))
-            + diversity * part(row, "steps_prompted_diversity_gap") for row in rows]
+            + diversity * part(row, "steps_prompted_diversity_gap") + step_cost * part(row, "step_cost")
+            for row in rows]
 
 
 def step_only(rows: list[dict[str, float]], fidelity: str,
               weight: float = ProxySettings.dense_step_weight) -> list[float]:
     """A proxy without its generation terms: masked KL plus the cached dense step term."""
-    return rescored(rows, (0.0, 0.0, 0.0, weight, 0.0), fidelity)
+    return rescored(rows, (0.0, 0.0, 0.0, weight, 0.0, 0.0), fidelity)
 
 
 TRAJECTORY_WEIGHTS = (0.0, 0.5, 1.0)
@@ -154,6 +159,7 @@ FREE_WEIGHTS = (0.0, 1 / 12, 1 / 6, 1 / 3, 2 / 3, 1.0)
 INFILL_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 DENSE_STEP_WEIGHTS = (0.0, 1 / 8, 1 / 4, 1 / 3, 1 / 2)
 STEP_DIVERSITY_WEIGHTS = (0.0, 1 / 8, 1 / 4, 1 / 2, 1.0)
+STEP_COST_WEIGHTS = (0.0, 1 / 2, 1.0)
 
 
 def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -167,11 +173,12 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
 
         candidates = itertools.product(grid("trajectory_agreement", TRAJECTORY_WEIGHTS), grid("free_gap", FREE_WEIGHTS),
                                        grid("infill_agreement", INFILL_WEIGHTS), DENSE_STEP_WEIGHTS,
-                                       grid("steps_prompted_diversity_gap", STEP_DIVERSITY_WEIGHTS))
+                                       grid("steps_prompted_diversity_gap", STEP_DIVERSITY_WEIGHTS),
+                                       grid("step_cost", STEP_COST_WEIGHTS))
         rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in candidates)
         figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_free_weight": weights[1],
                     f"{prefix}_infill_weight": weights[2], f"{prefix}_dense_step_weight": weights[3],
-                    f"{prefix}_step_diversity_weight": weights[4],
+                    f"{prefix}_step_diversity_weight": weights[4], f"{prefix}_step_cost_weight": weights[5],
                     f"{prefix}_spearman_{fidelity}_full": rho}
     return figures
 
@@ -193,30 +200,8 @@ def full_draws(rows: list[dict[str, float]]) -> list[list[float]]:
     """Every one-draw score of the full evaluator the rows hold: the draws of ``full`` (its
     ``full.score_draw<d>`` metrics, or ``full`` itself in a dump of one-draw scores), ``full_repeat``
     and ``full_draw<seed>``."""
-    own = [key for key in rows[0] if re.fullmatch(r"full\.score_draw\d+", key)] or ["full"]
-    names = own + [key for key in rows[0] if key == "full_repeat" or re.fullmatch(r"full_draw\d+", key)]
+    names = [key for key in rows[0] if re.fullmatch(r"full(_repeat)?\.score_draw\d+", key)]
     return [[row[name] for row in rows] for name in names]
-
-
-def add_full_draws(rows: list[dict[str, float]], seed: int, draw_seeds: list[int],
-                   space: str = "default") -> list[dict[str, float]]:
-    """The dump's rows with the full evaluator's score under each of ``draw_seeds`` added as
-    ``full_draw<seed>`` (the dump's Plans regenerated from ``seed`` and ``space``, compressed as the
-    dump's were)."""
-    adapter = load_model()
-    rng = random.Random(seed)
-    plans = [random_plan(adapter, rng, space) for _ in rows]
-    defaults = ProxySettings()
-    compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
-    out = [dict(row) for row in rows]
-    for draw_seed in draw_seeds:
-        if draw_seed in (0, 1):
-            raise ValueError(f"--full-draws: seed {draw_seed} is already the dump's full / full_repeat; use >= 2")
-        evaluator = FullEvaluator(adapter, FullSettings(seed=draw_seed, draws=1))
-        evaluator.compressor = compressor
-        for plan, row in zip(tqdm(plans, desc=f"full draw {draw_seed}", file=sys.stderr), out, strict=True):
-            row[f"full_draw{draw_seed}"] = evaluator.evaluate(plan).score
-    return out
 
 
 def correlations(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -312,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random Plans (tuned: 0, 1; reported: 2)")
     parser.add_argument("--space", choices=sorted(SPACES), default="default",
                         help="draw the Plans from the search's space or from lightly compressed ones")
-    parser.add_argument("--full-repeat", action="store_true",
-                        help="score every Plan a second time by the full evaluator under another seed")
+    parser.add_argument("--no-repeat", action="store_true",
+                        help="score each Plan by one full evaluator only (no self-agreement figure; half the cost)")
     parser.add_argument("--dump", type=Path, default=None,
                         help="write every Plan's metrics to this JSON file (with --from-dump and --full-draws: "
                              "the dump with the draws added)")
@@ -322,8 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                              "scoring Plans")
     parser.add_argument("--tune", action="store_true",
                         help="with --from-dump: grid-search the weights of the proxy's terms on the dumps' Plans")
-    parser.add_argument("--weights", type=float, nargs=5,
-                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY"),
+    parser.add_argument("--weights", type=float, nargs=6,
+                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY", "STEP_COST"),
                         default=None,
                         help="with --from-dump: correlations of the proxy rescored with these weights")
     parser.add_argument("--variant", nargs="+", metavar="KEY=VALUE", default=None,
@@ -331,27 +316,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                              "(e.g. unconditional_rows=4 or seed=1) against the dumped full scores")
     parser.add_argument("--variant-dump", type=Path, default=None,
                         help="with --variant: write the variant's metrics per Plan to this JSON file")
-    parser.add_argument("--full-draws", type=int, nargs="+", metavar="SEED", default=None,
-                        help="with --from-dump: score the dump's Plans by the full evaluator under these further seeds "
-                             "(>= 2) and write the dump with them added to --dump")
-    parser.add_argument("--low-weights", type=float, nargs=5,
-                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY"),
+    parser.add_argument("--low-weights", type=float, nargs=6,
+                        metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY", "STEP_COST"),
                         default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
         dumps = [json.loads(path.read_text()) for path in args.from_dump]
-        if len(dumps) > 1 and (args.variant or args.full_draws):
-            parser.error("--variant and --full-draws take one --from-dump file (they regenerate its Plans)")
+        if len(dumps) > 1 and args.variant:
+            parser.error("--variant takes one --from-dump file (it regenerates its Plans)")
         dumped = dumps[0]
         rows = [row for d in dumps for row in d["rows"]]  # several dumps: their Plans pooled
-        if args.full_draws:
-            if dumped.get("full_draws", 1) != 1:
-                parser.error(f"--full-draws: the dump's full scores already average {dumped['full_draws']} draws; "
-                             "single draws can be added to a dump of one-draw scores only")
-            rows = add_full_draws(rows, int(dumped["seed"]), args.full_draws, dumped.get("space", "default"))
-            if args.dump is not None:
-                args.dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
         figures = {"plans": float(len(rows)), **correlations(rows)}
         if len(dumps) == 1:
             figures["seed"] = float(dumped["seed"])
@@ -364,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             low = rescored(rows, tuple(args.low_weights or args.weights), "low")
             figures.update({"weights_trajectory": weights[0], "weights_free": weights[1], "weights_infill": weights[2],
                             "weights_dense_step": weights[3], "weights_step_diversity": weights[4],
+                            "weights_step_cost": weights[5],
                             "weights_spearman_proxy_full": spearman(proxy, full),
                             "weights_kendall_proxy_full": kendall(proxy, full),
                             "weights_spearman_low_full": spearman(low, full),
@@ -377,51 +353,64 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures
-    n_plans = args.plans or (6 if args.quick else 40)
+    spaces = sorted(SPACES) if args.quick else [args.space]
+    figures = {}
+    for space in spaces:
+        n_plans = args.plans or (6 if args.quick else 40)
+        rows, timing = score_plans(space, args.seed, n_plans, args.quick, args.dump, not args.no_repeat)
+        label = SPACE_LABELS[space]
+        space_figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
+                         "seconds_per_plan_proxy": timing["proxy"] / n_plans,
+                         "seconds_per_plan_low": timing["low"] / n_plans,
+                         "seconds_per_plan_full": timing["full"] / n_plans,
+                         "full_over_proxy": timing["full"] / max(timing["proxy"], 1e-9)}
+        figures |= {f"{name}_{label}" if len(spaces) > 1 else name: value for name, value in space_figures.items()}
+        figures |= {f"spearman_{label}": space_figures["spearman_proxy_full"],
+                    f"spearman_low_{label}": space_figures["spearman_low_full"],
+                    f"full_self_agreement_{label}": space_figures.get("spearman_full_repeat", float("nan"))}
+    for name, value in figures.items():
+        print(f"{name}: {value:.4f}")
+    return figures
+
+
+def score_plans(space: str, seed: int, n_plans: int, quick: bool, dump: Path | None, repeat_full: bool = True
+                ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """``n_plans`` random Plans of ``space`` scored by the proxy (both fidelities), by two independent full
+    evaluators (``full`` and, with ``repeat_full``, ``full_repeat``: the package's, under seeds that share
+    no draw) and by plain masked NELBO; every metric per Plan, and the seconds each evaluator took in all."""
     adapter = load_model()
-    proxy, full = evaluators(adapter, args.quick)
-    repeat = None
-    if args.full_repeat:
-        # seeds after the first evaluator's draws: the repeat shares none of them
-        repeat_seed = full.settings.seed + full.settings.draws
-        repeat = FullEvaluator(adapter, dataclasses.replace(full.settings, seed=repeat_seed))
-        repeat.compressor = proxy.compressor
-    windows = eval_windows(adapter.encode(load_split("evaluation")), 128, 16 if args.quick else 64)
-    rng = random.Random(args.seed)
+    proxy, full = evaluators(adapter, quick)
+    repeat = FullEvaluator(adapter, dataclasses.replace(full.settings, seed=full.settings.seed + full.settings.draws))
+    repeat.compressor = proxy.compressor
+    windows = eval_windows(adapter.encode(load_split("evaluation")), 128, 16 if quick else 64)
+    rng = random.Random(seed)
     rows: list[dict[str, float]] = []
     timing = {"proxy": 0.0, "low": 0.0, "full": 0.0}
-    for _ in tqdm(range(n_plans), desc="plans", file=sys.stderr):
-        plan = random_plan(adapter, rng, args.space)
+    for _ in tqdm(range(n_plans), desc=f"{SPACE_LABELS[space]} plans", file=sys.stderr):
+        plan = random_plan(adapter, rng, space)
         row: dict[str, float] = {"steps": plan.sampler.steps,
                                  "mean_sparsity": sum(lp.sparsity for lp in plan.layers.values()) / len(plan.layers),
                                  "mean_bits": sum(sum(lp.weight_bits) / 2 for lp in plan.layers.values())
                                  / len(plan.layers)}
-        for name, run in (("low", lambda p: proxy.evaluate(p, "low")), ("proxy", proxy.evaluate),
-                          ("full", full.evaluate)):
+        runs = {"low": lambda p: proxy.evaluate(p, "low"), "proxy": proxy.evaluate, "full": full.evaluate}
+        if repeat_full:
+            runs["full_repeat"] = repeat.evaluate
+        for name, run in runs.items():
             proxy.compressor.clear()  # every timing includes the Plan's compression
             start = time.perf_counter()
             result = run(plan)
-            timing[name] += time.perf_counter() - start
+            if name in timing:
+                timing[name] += time.perf_counter() - start
             row[name] = result.score
             row.update({f"{name}.{key}": value for key, value in result.metrics.items()})
-        if repeat is not None:
-            result = repeat.evaluate(plan)
-            row["full_repeat"] = result.score
-            row.update({f"full_repeat.{key}": value for key, value in result.metrics.items()})
         with torch.no_grad():
             row["nelbo"] = evaluate_nelbo(proxy.compressed(plan).forward_logits, windows, adapter.mask_token_id)
         rows.append(row)
-        if args.dump is not None:
-            args.dump.write_text(json.dumps({"seed": args.seed, "space": args.space, "quick": args.quick,
-                                             "full_draws": full.settings.draws, "rows": rows}, indent=1))
-    figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
-               "seconds_per_plan_proxy": timing["proxy"] / n_plans,
-               "seconds_per_plan_low": timing["low"] / n_plans,
-               "seconds_per_plan_full": timing["full"] / n_plans,
-               "full_over_proxy": timing["full"] / max(timing["proxy"], 1e-9)}
-    for name, value in figures.items():
-        print(f"{name}: {value:.4f}")
-    return figures
+        if dump is not None:
+            path = dump.with_name(f"{dump.stem}_{space}{dump.suffix}") if quick else dump
+            path.write_text(json.dumps({"seed": seed, "space": space, "quick": quick,
+                                        "full_draws": full.settings.draws, "rows": rows}, indent=1))
+    return rows, timing
 
 
 if __name__ == "__main__":

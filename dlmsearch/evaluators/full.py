@@ -1,43 +1,43 @@
 """The full evaluator: runs the real sampler with the whole Plan on held-out text.
 
-Three measurements, all against the dense model under the same seeds:
+Three measurements of a model with a sampler setting, under one draw's seeds:
 
 - ``infill_accuracy``: ``infill_spans`` short spans (``infill_span`` characters: about a word) of
-  each held-out window are masked at seeded positions and filled by the compressed model with
+  each held-out window are masked at seeded positions and filled with
   :func:`~dlmsearch.models.sampler.infill`, using the Plan's step budget (``steps / gen_length``
   passes per token), block length and per-timestep precision; the share of characters restored
-  exactly. (One long span is beyond the embedded model: it restores a 32-character span no
-  better than a run of spaces would, so that measurement carried no signal.)
-- ``gen_nelbo`` (generative quality, MDLM's "generative perplexity"): prompted generations with the
-  Plan's sampler settings and unconditional ones (sampled at temperature 1), scored by the dense
-  model's masked-diffusion NELBO (seeded masks). ``gen_diversity`` is the share of distinct 4-grams
-  among the generated tokens; a generation less diverse than the dense model's is charged the
-  shortfall, so that degenerate repetition (which the NELBO likes) cannot score well. Both are
-  measured per kind of row (``gen_nelbo_prompted``, ``gen_nelbo_free``, ...), and each kind's gap
-  to the dense model is clipped at 0 before the two are averaged (``gen_gap``,
-  ``diversity_gap``): pooled, the two kinds cancelled. At 8 steps for 64 characters the greedy
-  prompted rows collapse into runs of spaces (likely, not diverse) while the sampled free rows
-  turn to gibberish (unlikely, diverse), and the pooled NELBO and diversity of the two looked
-  almost like the dense model's (bench/RESULTS.md).
-- ``agreement``: share of the infilled characters equal to the dense model's infill at one pass
-  per token. (Agreement of free generations is kept as the diagnostic ``generation_agreement``:
-  one differing token sends a generation elsewhere, so it sat at 0.08-0.10 for nearly every
-  compressed Plan, noise rather than signal.)
+  exactly.
+- ``gen_nelbo`` (MDLM's "generative perplexity"): prompted generations with the sampler setting
+  and unconditional ones (temperature 1), scored by the dense model's masked-diffusion NELBO
+  (seeded masks), and ``gen_diversity``, the share of distinct 4-grams among the generated tokens
+  (degenerate repetition is *likely*, so the NELBO alone would reward it). Both per kind of row:
+  pooled, greedy prompted rows collapsing into spaces and sampled free rows turning to gibberish
+  cancelled (bench/RESULTS.md).
+- the infilled characters themselves, for agreement.
 
-Score of one draw (lower is better, about 0 for the dense model)::
+One draw compares three such measurements made under the same seeds (common random numbers): the
+compressed model with the Plan's sampler (``got``), the dense model with the Plan's sampler
+(``paired``) and the dense model at one token per step (``best``)::
 
-    draw = (infill_dense - infill) + gen_gap + diversity_gap + 0.5 * (1 - agreement)
-    gen_gap = mean over row kinds k of max(0, gen_nelbo_k - gen_nelbo_dense_k)
-    diversity_gap = mean over row kinds k of max(0, diversity_dense_k - diversity_k)
+    draw = cost(got, paired) + cost(paired, best)         # compression_cost + step_cost
+    cost(a, b) = (infill_b - infill_a) + mean_k max(0, nelbo_a,k - nelbo_b,k)
+                 + mean_k max(0, diversity_b,k - diversity_a,k) + 0.5 * (1 - agreement(a, b))
 
-The score is the mean over ``draws`` independent draws (``draws`` seeds: generations, infill span
-places and NELBO masks; each against the dense model under its own seed), and every metric is
-the mean of its draws; ``score_sd`` is the spread of the draws' scores (``score_draw<d>`` each
-draw's), so a difference between two Plans can be read against it. Why three: one draw ranked 24
-random Plans like another at Spearman 0.92 only (40 Plans: 0.96), the generative NELBO of sampled
-text being the noisy part; the mean of three is expected to agree with another such mean at
-0.97-0.99 (bench/RESULTS.md).
-``fidelity="low"`` is one draw of a quarter of the rows and windows.
+over the row kinds k. The compression cost pairs the Plan with the dense model under the *same*
+sampler and seeds, so its generations and fills stay close to the dense ones and their difference
+carries little sampling noise; the step cost is Plan-independent (the dense model's own loss from
+taking fewer steps) and measured once per sampler setting (:meth:`FullEvaluator.step_cost`). Before
+this split, every Plan was compared with the dense model at one token per step and clipped at 0
+per kind: a 16- or 32-step Plan was credited with the dense model's own few-step rows being
+*likelier* (NELBO -0.12) and could hide compression damage behind it, and the unpaired rows made
+the evaluator agree with itself at only 0.85-0.89 (one draw vs another) on lightly compressed
+Plans. ``distinct4_ratio`` is the lowest over kinds of the Plan's distinct-4-gram share over the
+dense model's at one token per step (near 0: collapsed text).
+
+The score is the mean over ``draws`` independent draws (seeds ``seed``, ``seed + 1``, ...: generations,
+infill span places and NELBO masks), every metric the mean of its draws; ``score_sd`` is the
+spread of the draws' scores (``score_draw<d>`` each draw's). ``fidelity="low"`` is one draw of a
+quarter of the rows and windows.
 
 The held-out windows sit halfway between the proxy's (``window_phase``) and every generation and
 NELBO mask uses ``seed + FULL_SEED_OFFSET``: the proxy and the full evaluator share no text and no
@@ -92,7 +92,7 @@ class FullSettings:
     split: str = "evaluation"
     nelbo_repeats: int = 16  # masked states per generated row for its NELBO (4 left the NELBO gap noisy)
     window_phase: float = 0.5  # windows halfway between the proxy's: no shared text
-    draws: int = 3  # independent draws averaged (seeds seed, seed + 1, ...); low fidelity makes one
+    draws: int = 2  # independent draws averaged (seeds seed, seed + 1, ...); low fidelity makes one
 
     def __post_init__(self) -> None:
         if self.draws < 1:
@@ -129,6 +129,24 @@ def distinct_ngrams(tokens: torch.Tensor, n: int = NGRAM) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
+def _cost(got: _Measured, reference: _Measured) -> tuple[float, dict[str, float]]:
+    """What ``got`` loses against ``reference`` (two measurements under one draw's seeds) and its parts:
+    infill accuracy, per-kind NELBO and diversity shortfalls clipped at 0, infill disagreement."""
+    kinds = list(got.nelbo)
+    parts = {"infill_gap": reference.infill_accuracy - got.infill_accuracy,
+             "gen_gap": statistics.fmean(max(0.0, got.nelbo[k] - reference.nelbo[k]) for k in kinds),
+             "diversity_gap": statistics.fmean(max(0.0, reference.diversity[k] - got.diversity[k]) for k in kinds),
+             "disagreement": 1.0 - float((got.infilled == reference.infilled).float().mean())}
+    total = parts["infill_gap"] + parts["gen_gap"] + parts["diversity_gap"] + AGREEMENT_WEIGHT * parts["disagreement"]
+    return total, parts
+
+
+def distinct_ratio(got: _Measured, dense: _Measured) -> float:
+    """The lowest, over row kinds, of ``got``'s share of distinct 4-grams over the dense model's (1: as
+    varied as the dense model; near 0: collapsed into repetition)."""
+    return min(got.diversity[k] / dense.diversity[k] if dense.diversity[k] > 0 else 1.0 for k in got.diversity)
+
+
 class FullEvaluator(BaseEvaluator):
     """Generation-based quality of Plans (see the module docstring)."""
 
@@ -148,7 +166,7 @@ class FullEvaluator(BaseEvaluator):
                              for draw in range(s.draws)]
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
                                          self.settings.seed)
-        self._dense_cache: dict[tuple[int, int, str, int], _Measured] = {}
+        self._dense_cache: dict[tuple[SamplerSettings, str, int], _Measured] = {}
 
     def _counts(self, fidelity: str) -> tuple[int, int, int]:
         s = self.settings
@@ -204,35 +222,55 @@ class FullEvaluator(BaseEvaluator):
                          {kind: distinct_ngrams(kind_rows) for kind, kind_rows in rows.items()})
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
-        """The dense model at one token per step, for this generation shape and draw (computed once)."""
-        key = (sampler.gen_length, sampler.block_length, fidelity, draw)
+        """The dense model with ``sampler`` for this draw (computed once per sampler, fidelity and draw)."""
+        key = (sampler, fidelity, draw)
         if key not in self._dense_cache:
-            best = SamplerSettings(steps=sampler.gen_length, gen_length=sampler.gen_length,
-                                   block_length=sampler.block_length)
-            self._dense_cache[key] = self._measure(self.dense, best, fidelity, draw)
+            self._dense_cache[key] = self._measure(self.dense, sampler, fidelity, draw)
         return self._dense_cache[key]
 
+    def _best_sampler(self, sampler: SamplerSettings) -> SamplerSettings:
+        """The dense model's best setting for ``sampler``'s generation shape: one token per step."""
+        return SamplerSettings(steps=sampler.gen_length, gen_length=sampler.gen_length,
+                               block_length=sampler.block_length)
+
+    def step_cost(self, sampler: SamplerSettings, fidelity: str = "full") -> dict[str, float]:
+        """What ``sampler``'s step count costs the dense model itself (Plan-independent): the step part of
+        the score, ``step_cost``, and its parts (``<part>_steps``), the mean over the draws."""
+        draws = []
+        for draw in range(1 if fidelity == "low" else self.settings.draws):
+            total, parts = _cost(self._dense_reference(sampler, fidelity, draw),
+                                 self._dense_reference(self._best_sampler(sampler), fidelity, draw))
+            draws.append({"step_cost": total, **{f"{name}_steps": value for name, value in parts.items()}})
+        return {key: statistics.fmean(d[key] for d in draws) for key in draws[0]}
+
     def _draw(self, model: DLMAdapter, sampler: SamplerSettings, fidelity: str, draw: int) -> dict[str, float]:
-        """Score and metrics of one draw."""
-        dense = self._dense_reference(sampler, fidelity, draw)
+        """Score and metrics of one draw: the compression cost (the Plan against the dense model with the
+        Plan's own sampler, common random numbers) plus the step cost (the dense model with the Plan's
+        sampler against one token per step)."""
+        paired = self._dense_reference(sampler, fidelity, draw)
+        best = self._dense_reference(self._best_sampler(sampler), fidelity, draw)
         got = self._measure(model, sampler, fidelity, draw)
-        agreement = float((got.infilled == dense.infilled).float().mean())
+        compression, compression_parts = _cost(got, paired)
+        steps, step_parts = _cost(paired, best)
         kinds = list(got.nelbo)
-        gen_gap = statistics.fmean(max(0.0, got.nelbo[k] - dense.nelbo[k]) for k in kinds)
-        diversity_gap = statistics.fmean(max(0.0, dense.diversity[k] - got.diversity[k]) for k in kinds)
-        score = ((dense.infill_accuracy - got.infill_accuracy) + gen_gap + diversity_gap
-                 + AGREEMENT_WEIGHT * (1.0 - agreement))
         per_kind = {f"{prefix}_{k}": value for k in kinds for prefix, value in (
             ("gen_nelbo", got.nelbo[k]), ("gen_diversity", got.diversity[k]),
-            ("dense_gen_nelbo", dense.nelbo[k]), ("dense_gen_diversity", dense.diversity[k]))}
-        return {"score": score, "infill_accuracy": got.infill_accuracy, "gen_gap": gen_gap,
-                "diversity_gap": diversity_gap, "agreement": agreement,
+            ("paired_gen_nelbo", paired.nelbo[k]), ("paired_gen_diversity", paired.diversity[k]),
+            ("dense_gen_nelbo", best.nelbo[k]), ("dense_gen_diversity", best.diversity[k]))}
+        return {"score": compression + steps, "compression_cost": compression, "step_cost": steps,
+                **{f"{name}_compression": value for name, value in compression_parts.items()},
+                **{f"{name}_steps": value for name, value in step_parts.items()},
+                "gen_gap": compression_parts["gen_gap"] + step_parts["gen_gap"],
+                "diversity_gap": compression_parts["diversity_gap"] + step_parts["diversity_gap"],
+                "infill_accuracy": got.infill_accuracy,
+                "agreement": float((got.infilled == best.infilled).float().mean()),
                 "gen_nelbo": statistics.fmean(got.nelbo.values()),
                 "gen_diversity": statistics.fmean(got.diversity.values()),
-                "generation_agreement": float((got.tokens == dense.tokens).float().mean()),
-                "dense_infill_accuracy": dense.infill_accuracy,
-                "dense_gen_nelbo": statistics.fmean(dense.nelbo.values()),
-                "dense_gen_diversity": statistics.fmean(dense.diversity.values()), **per_kind}
+                "distinct4_ratio": distinct_ratio(got, best),
+                "generation_agreement": float((got.tokens == paired.tokens).float().mean()),
+                "dense_infill_accuracy": best.infill_accuracy,
+                "dense_gen_nelbo": statistics.fmean(best.nelbo.values()),
+                "dense_gen_diversity": statistics.fmean(best.diversity.values()), **per_kind}
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
         """Full quality of ``plan``: infill, generative NELBO with a diversity guard, agreement; the mean

@@ -3,7 +3,7 @@
 Score of a Plan (nats per token and shares of characters, lower is better, 0 for the dense model)::
 
     score = KL + step_weight * max(0, free_gap) + dense_step_weight * max(0, steps_unconditional_gap)
-            + step_diversity_weight * steps_prompted_diversity_gap
+            + step_diversity_weight * steps_prompted_diversity_gap + step_cost_weight * step_cost
             [+ infill_weight * (1 - infill_agreement), with infill_windows > 0]
             [+ trajectory_weight * trajectory, with trajectory_prompts > 0]
 
@@ -31,12 +31,18 @@ sees, and why (figures: bench/RESULTS.md):
   free gap the two kinds of state rank alike too; the sampler-shaped ones are kept because they
   are the states the model meets while generating. 8 windows (4 states each) rank as well as 16,
   so both fidelities measure 8.
-- ``free_gap``: what the step count and the compression do to free text together: the dense
-  model's masked-diffusion NELBO of ``unconditional_rows`` free generations (temperature 1, the
-  Plan's steps and precision) of the compressed model, minus that of the dense model's free
-  generations at one token per step under the same seed (cached); both scored with
-  ``nelbo_repeats`` masks per row under the same mask seed. Few steps and heavy compression
-  show here first; the full evaluator's generative NELBO is the largest part of its score.
+- ``free_gap``: what the compression does to free text: the dense model's masked-diffusion NELBO
+  of ``unconditional_rows`` free generations (temperature 1, the Plan's steps and precision) of
+  the compressed model, minus that of the dense model's free generations *with the Plan's own
+  steps* under the same seed (cached); both scored with ``nelbo_repeats`` masks per row under the
+  same mask seed. (Against the dense model at one token per step, as until 2026-12-03, a 16- or
+  32-step Plan was credited with the dense model's own few-step rows being likelier, and lightly
+  compressed 64-step Plans ranked behind 32-step ones: Spearman 0.66 on light Plans.)
+- ``step_cost``: the full evaluator's step part (:meth:`FullEvaluator.step_cost`: the dense model
+  with the Plan's sampler against one token per step, in infill, NELBO, diversity and agreement),
+  measured on ``step_cost_rows`` rows and ``step_cost_windows`` windows of the proxy's own, with
+  seeds and text the full evaluator does not use; Plan-independent and cached on disk, so free
+  per Plan. Weight 1: it is in the full evaluator's units.
 - ``steps_unconditional_gap`` (the dense step term): what the Plan's step count alone costs the
   dense model: the NELBO gap of ``step_rows`` of its own free generations at the Plan's steps vs
   one token per step, with ``step_nelbo_repeats`` masks per row. It is Plan-independent and cached,
@@ -121,7 +127,7 @@ import torch
 from dlmsearch.compress import CalibrationSet, force_timestep_group
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
-from dlmsearch.evaluators.full import distinct_ngrams
+from dlmsearch.evaluators.full import FullEvaluator, FullSettings, distinct_ngrams
 from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_digest
@@ -139,7 +145,12 @@ FREE_SEED_OFFSET = 1
 NELBO_SEED_OFFSET = 2
 INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 6
+REFERENCE_VERSION = 7
+#: The dense step cost is measured like the full evaluator's step part, with seeds ``seed + 150`` on
+#: (the full evaluator's own start at ``seed + 100``) and on windows a quarter of the way between the
+#: proxy's: it shares no text and no draws with either.
+STEP_COST_SEED_OFFSET = 50
+STEP_COST_WINDOW_PHASE = 0.25
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,10 @@ class ProxySettings:
     step_rows: int = 8  # prompted and unconditional rows of the cached dense step term (Plan-independent)
     nelbo_repeats: int = 8  # masked states per row the compressed model generates, for its NELBO
     step_nelbo_repeats: int = 16  # the same for the rows of the dense step term (Plan-independent, cached)
+    step_cost_weight: float = 1.0  # weight of the dense step cost, the full evaluator's step part (both fidelities)
+    step_cost_rows: int = 16  # prompted and unconditional rows of the dense step cost (Plan-independent, cached)
+    step_cost_windows: int = 16  # infill windows of the dense step cost
+    step_cost_draws: int = 1  # independent draws of the dense step cost
 
 
 @dataclass(frozen=True)
@@ -513,8 +528,24 @@ class ProxyEvaluator(BaseEvaluator):
         NELBO gaps (dense model's NELBO, plan steps minus one token per step) of both sets.
         """
         if sampler not in self._step_terms:
-            self._step_terms[sampler] = self._measure_step_term(sampler)
+            self._step_terms[sampler] = self._measure_step_term(sampler) | self.step_cost(sampler)
         return self._step_terms[sampler]
+
+    def step_cost(self, sampler: SamplerSettings) -> dict[str, float]:
+        """The full evaluator's step part for ``sampler`` (:meth:`FullEvaluator.step_cost`), measured on the
+        proxy's own rows, windows and seeds (cached on disk)."""
+        s = self.settings
+        key = self._key(kind="step_cost", **dataclasses.asdict(sampler))
+
+        def compute() -> dict[str, torch.Tensor]:
+            settings = FullSettings(infill_windows=s.step_cost_windows, prompts=s.step_cost_rows,
+                                    unconditional=s.step_cost_rows, prompt_length=s.prompt_length,
+                                    seed=s.seed + STEP_COST_SEED_OFFSET, split=s.split, draws=s.step_cost_draws,
+                                    window_phase=STEP_COST_WINDOW_PHASE)
+            measured = FullEvaluator(self.dense, settings, text_ids=self._text).step_cost(sampler)
+            return {name: torch.tensor([value], dtype=torch.float64) for name, value in measured.items()}
+
+        return {name: float(value[0]) for name, value in cached_tensors("reference_step_costs", key, compute).items()}
 
     def _measure_step_term(self, sampler: SamplerSettings) -> dict[str, float]:
         rows = self.settings.step_rows
@@ -533,6 +564,7 @@ class ProxyEvaluator(BaseEvaluator):
         free, free_best = measured(sampled, empty), measured(best_sampled, empty)
         return {"steps_prompted_gap": prompted[0] - prompted_best[0], "steps_unconditional_gap": free[0] - free_best[0],
                 "steps_prompted_diversity_gap": max(0.0, prompted_best[1] - prompted[1]),
+                "distinct4_ratio": prompted[1] / prompted_best[1] if prompted_best[1] > 0 else 1.0,
                 "steps_free_diversity_gap": max(0.0, free_best[1] - free[1])}
 
     def evaluate(self, plan: Plan, fidelity: str = "full") -> QualityResult:
@@ -551,12 +583,13 @@ class ProxyEvaluator(BaseEvaluator):
             reference_steps = free_sampler.steps if s.low_fidelity_free_steps > 0 else None
             parts |= self.free_term(model, free_sampler, s.low_fidelity_free_rows, reference_steps)
             free_weight = s.low_fidelity_free_weight
-        else:
-            parts |= self.free_term(model, plan.sampler, s.unconditional_rows)
+        else:  # the Plan's free rows against the dense model's with the Plan's own steps: compression only
+            parts |= self.free_term(model, plan.sampler, s.unconditional_rows, plan.sampler.steps)
             free_weight = s.step_weight
         steps_term = (free_weight * max(0.0, parts.get("free_gap", 0.0))
                       + s.dense_step_weight * max(0.0, parts["steps_unconditional_gap"])
-                      + s.step_diversity_weight * parts["steps_prompted_diversity_gap"])
+                      + s.step_diversity_weight * parts["steps_prompted_diversity_gap"]
+                      + s.step_cost_weight * parts["step_cost"])
         score = (kl_parts["kl"] + s.trajectory_weight * parts["trajectory"] + steps_term
                  + s.infill_weight * (1.0 - parts.get("infill_agreement", 1.0)))
         return QualityResult(score, {**kl_parts, **parts}, fidelity)

@@ -44,7 +44,8 @@ EVALUATOR_SETTINGS: tuple[str, ...] = (
     "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "prompt_length",
     "trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight", "step_diversity_weight",
     "step_rows", "unconditional_rows", "infill_windows", "infill_span", "infill_spans", "infill_window_length",
-    "infill_weight", "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed")
+    "infill_weight", "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed", "step_cost_weight",
+    "step_cost_rows", "step_cost_windows", "step_cost_draws")
 #: Evaluator settings that may be 0 (a term switched off, or seed 0).
 _ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
                      "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",
@@ -446,7 +447,7 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
             if key in ("trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight",
-                       "step_diversity_weight", "infill_weight"):
+                       "step_diversity_weight", "infill_weight", "step_cost_weight"):
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
                 c.integer(f"evaluator.settings.{key}", value, 0 if key in _ZERO_OK_SETTINGS else 1)

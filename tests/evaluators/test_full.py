@@ -32,22 +32,47 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
 
 def test_prompted_and_free_rows_are_scored_apart() -> None:
     """Each kind of generated row is compared with the dense model's rows of its kind and clipped at 0
-    before the kinds are averaged, so likely-but-repetitive rows of one kind cannot offset the other's."""
+    before the kinds are averaged, so likely-but-repetitive rows of one kind cannot offset the other's;
+    the compression part against the dense model with the Plan's sampler, the step part between the
+    dense model with it and at one token per step."""
     adapter = tiny_model()
     ids, calib = tiny_data(adapter)
     settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=3,
                             prompt_length=8, unconditional=3, draws=1)
     evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
     m = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
-    gaps = [m[f"gen_nelbo_{k}"] - m[f"dense_gen_nelbo_{k}"] for k in ("prompted", "free")]
-    shortfalls = [m[f"dense_gen_diversity_{k}"] - m[f"gen_diversity_{k}"] for k in ("prompted", "free")]
-    assert m["gen_gap"] == pytest.approx(sum(max(0.0, g) for g in gaps) / 2, abs=1e-12)
-    assert m["diversity_gap"] == pytest.approx(sum(max(0.0, d) for d in shortfalls) / 2, abs=1e-12)
+    kinds = ("prompted", "free")
+    compression = [m[f"gen_nelbo_{k}"] - m[f"paired_gen_nelbo_{k}"] for k in kinds]
+    steps = [m[f"paired_gen_nelbo_{k}"] - m[f"dense_gen_nelbo_{k}"] for k in kinds]
+    shortfalls = [m[f"paired_gen_diversity_{k}"] - m[f"gen_diversity_{k}"] for k in kinds]
+    assert m["gen_gap_compression"] == pytest.approx(sum(max(0.0, g) for g in compression) / 2, abs=1e-12)
+    assert m["gen_gap_steps"] == pytest.approx(sum(max(0.0, g) for g in steps) / 2, abs=1e-12)
+    assert m["diversity_gap_compression"] == pytest.approx(sum(max(0.0, d) for d in shortfalls) / 2, abs=1e-12)
+    assert m["compression_cost"] + m["step_cost"] == pytest.approx(
+        evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).score)
     assert m["gen_nelbo"] == pytest.approx((m["gen_nelbo_prompted"] + m["gen_nelbo_free"]) / 2)
     only_free = FullEvaluator(adapter, dataclasses.replace(settings, prompts=0), text_ids=ids, calibration=calib)
     free = only_free.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
-    assert "gen_nelbo_prompted" not in free and free["gen_gap"] == max(0.0, free["gen_nelbo_free"]
-                                                                         - free["dense_gen_nelbo_free"])
+    assert "gen_nelbo_prompted" not in free and free["gen_gap_compression"] == max(
+        0.0, free["gen_nelbo_free"] - free["paired_gen_nelbo_free"])
+
+
+def test_the_step_cost_is_the_dense_models_own_and_the_same_for_every_plan() -> None:
+    """The dense model at the Plan's steps scores exactly its step cost (no compression cost), and a
+    compressed Plan with those steps carries the same step cost."""
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
+    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
+                            prompt_length=8, unconditional=2, draws=1)
+    evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
+    dense_few = evaluator.evaluate(uniform_plan(adapter, steps=2, gen_length=8, block_length=8))
+    assert dense_few.metrics["compression_cost"] == 0.0
+    assert dense_few.score == dense_few.metrics["step_cost"] > 0
+    harsh = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8))
+    assert harsh.metrics["step_cost"] == dense_few.metrics["step_cost"]
+    assert harsh.metrics["compression_cost"] > 0
+    assert evaluator.step_cost(uniform_plan(adapter, steps=2, gen_length=8, block_length=8).sampler)[
+        "step_cost"] == dense_few.metrics["step_cost"]
 
 
 def test_the_score_is_the_mean_of_independent_draws() -> None:

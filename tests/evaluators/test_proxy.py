@@ -103,7 +103,8 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     m, s = low.metrics, SETTINGS
     assert low.score == pytest.approx(m["kl"] + s.low_fidelity_free_weight * max(0.0, m["free_gap"])
                                       + s.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
-                                      + s.step_diversity_weight * m["steps_prompted_diversity_gap"])
+                                      + s.step_diversity_weight * m["steps_prompted_diversity_gap"]
+                                      + s.step_cost_weight * m["step_cost"])
     assert evaluator.evaluate(_plan(adapter), fidelity="low").score == 0.0
     generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=0,
                                                          low_fidelity_infill_windows=1))
@@ -214,7 +215,8 @@ def test_no_infill_windows_means_no_infill_term() -> None:
     m = result.metrics
     assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"])
                                          + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
-                                         + SETTINGS.step_diversity_weight * m["steps_prompted_diversity_gap"])
+                                         + SETTINGS.step_diversity_weight * m["steps_prompted_diversity_gap"]
+                                         + SETTINGS.step_cost_weight * m["step_cost"])
 
 
 def test_masked_states_are_shaped_like_the_sampler_s() -> None:
@@ -291,3 +293,16 @@ def test_heavier_compression_of_the_same_layers_scores_worse_on_average_over_see
     assert w2 > 10 * w8  # 2-bit everywhere is far worse than 8-bit everywhere
     light, heavy = mean_score(sparsity=0.2, prune_method="wanda"), mean_score(sparsity=0.6, prune_method="wanda")
     assert 0.0 < light < heavy
+
+
+def test_the_free_gap_compares_with_the_dense_model_at_the_plans_own_steps() -> None:
+    """The dense model at few steps has no compression to charge (free gap exactly 0): its step count is
+    charged by the step terms only, as the full evaluator's step cost does, so a few-step Plan gets no
+    credit for the dense model's own few-step rows being likelier than its one-token-per-step rows."""
+    adapter = tiny_model()
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, infill_windows=0, trajectory_prompts=0))
+    few = evaluator.evaluate(_plan(adapter, steps=2))
+    assert few.metrics["free_gap"] == 0.0
+    assert few.metrics["step_cost"] > 0 and few.score >= SETTINGS.step_cost_weight * few.metrics["step_cost"]
+    harsh = evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2))
+    assert harsh.metrics["step_cost"] == few.metrics["step_cost"] and harsh.score > few.score
