@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlmsearch.evaluators.base import FIDELITIES
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
@@ -17,8 +17,13 @@ from dlmsearch.plan import (
     PRUNE_METHODS,
     STRUCTURES,
     WEIGHT_STORAGES,
+    Plan,
     PlanValidationError,
+    load_plan,
 )
+
+if TYPE_CHECKING:
+    from dlmsearch.search.spec import StudySpec
 
 #: Errors that are the user's input, shown as one message without a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (PlanValidationError, ModelLoadError, SamplerSettingsError,
@@ -311,7 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write one trial's Plan as JSON (by number or by a --pick expression)."""
     from dlmsearch.search import export_plan
 
-    trial, path = export_plan(_open(args), args.output, number=args.trial, pick=args.pick)
+    trial, path = export_plan(_open(args), args.output, number=args.trial, pick=args.pick, force=args.force)
     metrics = trial.user_attrs.get("metrics", {})
     shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("quality", "latency_ms", "peak_mem_bytes") if k in metrics)
     print(f"wrote {path}: trial {trial.number} ({shown})")
@@ -347,9 +352,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = trial.user_attrs["metrics"]
     print(f"plan: {path} (trial {trial.number}: the best quality within the budget; quality {metrics['quality']:.4f}, "
           f"latency {metrics['latency_ms']:.1f} ms, memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
+    _print_validation(spec, load_plan(path))
     print(f"next: dlmsearch apply {path} --out {out / 'compressed'} && "
           f"dlmsearch generate --model {out / 'compressed'} --prompt 'ROMEO.'")
     return 0
+
+
+def _print_validation(spec: StudySpec, plan: Plan) -> None:
+    """The exported Plan measured for real beside the dense model (see :mod:`dlmsearch.search.validation`)."""
+    from dlmsearch.data import load_split
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.plan import uniform_plan
+    from dlmsearch.search.validation import validate_plan
+
+    adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    dense = uniform_plan(adapter, steps=max(spec.space.steps), gen_length=spec.generation.gen_length,
+                         block_length=max(spec.space.block_lengths))
+    prompt = load_split("evaluation")[:spec.generation.prompt_length]
+    print("validating the exported Plan on this machine (timed beside the dense model, full evaluator)...")
+    check = validate_plan(adapter, plan, dense, prompt, spec.generation.prompt_length)
+    print(f"measured: {check.plan_ms:.0f} ms per generation vs dense {check.dense_ms:.0f} ms: "
+          f"{check.speedup:.2f}x faster (measured side by side, median of 5)")
+    print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "
+          f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's")
+    print(f"prompt: {check.prompt!r}")
+    print(f"dense:  {check.dense_text!r}")
+    print(f"plan:   {check.plan_text!r}")
 
 
 def _add_study_run_args(parser: argparse.ArgumentParser) -> None:
@@ -486,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--trial", type=int, help="trial number")
     choice.add_argument("--pick", help="e.g. 'min quality where latency_ms <= 400 and peak_mem_bytes <= 2e9'")
     export.add_argument("-o", "--output", required=True, help="Plan JSON to write")
+    export.add_argument("--force", action="store_true",
+                        help="export a Plan whose generations collapsed (distinct4_ratio below 0.5) anyway")
     export.set_defaults(func=cmd_export)
 
     journal = sub.add_parser("journal", help="journal files: repair a damaged one")

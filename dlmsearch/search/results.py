@@ -23,6 +23,26 @@ from dlmsearch.search.storage import open_storage
 PICK_METRICS: tuple[str, ...] = (*OBJECTIVES, "latency_per_step_ms")
 
 
+#: Below this share of the dense model's distinct 4-grams (``distinct4_ratio``, measured by the evaluator
+#: that scored the trial) generated text has collapsed into whitespace or prompt echo: the dense model
+#: itself keeps 0.33 of them at 16 steps for 64 characters, where it prints the prompt and spaces.
+DEGENERATE_DISTINCT4_RATIO = 0.5
+
+
+class DegenerateTextError(ValueError):
+    """The chosen trial's Plan generates collapsed text; exporting it needs ``force``."""
+
+
+def degeneracy(trial: FrozenTrial) -> str | None:
+    """Why ``trial``'s Plan counts as degenerate (its ``distinct4_ratio`` is below
+    :data:`DEGENERATE_DISTINCT4_RATIO`), or None."""
+    ratio = trial.user_attrs.get("metrics", {}).get("distinct4_ratio")
+    if ratio is None or ratio >= DEGENERATE_DISTINCT4_RATIO:
+        return None
+    return (f"distinct4_ratio {ratio:.3f}: its generations keep {ratio:.0%} of the dense model's distinct 4-grams "
+            f"(below {DEGENERATE_DISTINCT4_RATIO} the text has collapsed into whitespace or prompt echo)")
+
+
 class RunFolderError(ValueError):
     """A folder that is not a run folder (no storage to read)."""
 
@@ -107,8 +127,10 @@ def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
     return out
 
 
-def select_trial(study: optuna.Study, number: int | None = None, pick: str | None = None) -> FrozenTrial:
-    """The trial ``number``, or the feasible trial the ``pick`` expression selects."""
+def select_trial(study: optuna.Study, number: int | None = None, pick: str | None = None,
+                 force: bool = False) -> FrozenTrial:
+    """The trial ``number``, or the feasible trial the ``pick`` expression selects among those that are
+    not degenerate (:func:`degeneracy`; with ``force``, among all)."""
     if (number is None) == (pick is None):
         raise ValueError("give exactly one of --trial N and --pick EXPRESSION")
     if number is not None:
@@ -119,7 +141,12 @@ def select_trial(study: optuna.Study, number: int | None = None, pick: str | Non
                              f"({_ranges(done)})")
         return trials[number]
     assert pick is not None
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if is_feasible(t) and (force or degeneracy(t) is None)]
+    if not feasible:
+        raise DegenerateTextError("no feasible trial whose generations keep their variety "
+                                  f"(distinct4_ratio >= {DEGENERATE_DISTINCT4_RATIO}); allowed: a larger budget or "
+                                  "more steps, or --force to pick among degenerate Plans")
     rows: list[dict[str, Any]] = [trial_row(t).metrics for t in feasible]
     return feasible[pick_trial(rows, parse_pick(pick, PICK_METRICS))]
 
@@ -130,8 +157,13 @@ def _ranges(numbers: list[int]) -> str:
     return f"{len(numbers)} trials between {numbers[0]} and {numbers[-1]}"
 
 
-def export_plan(study: optuna.Study, path: str | Path, number: int | None = None, pick: str | None = None
-                ) -> tuple[FrozenTrial, Path]:
-    """Write the chosen trial's Plan as JSON; returns the trial and the path."""
-    trial = select_trial(study, number, pick)
+def export_plan(study: optuna.Study, path: str | Path, number: int | None = None, pick: str | None = None,
+                force: bool = False) -> tuple[FrozenTrial, Path]:
+    """Write the chosen trial's Plan as JSON; returns the trial and the path. A degenerate Plan
+    (:func:`degeneracy`) raises :class:`DegenerateTextError` naming the figure, unless ``force``."""
+    trial = select_trial(study, number, pick, force)
+    reason = degeneracy(trial)
+    if reason is not None and not force:
+        raise DegenerateTextError(f"trial {trial.number} is not exported: {reason}; allowed: another trial, "
+                                  "or --force to export it anyway")
     return trial, plan_of(trial).save(path)
