@@ -88,7 +88,7 @@ sees, and why (figures: bench/RESULTS.md):
 
     low = KL + low_fidelity_free_weight * max(0, free_gap at low_fidelity_free_steps)
              + dense_step_weight * max(0, steps_unconditional_gap)
-             + step_diversity_weight * steps_prompted_diversity_gap
+             + step_diversity_weight * steps_prompted_diversity_gap + step_cost_weight * step_cost
 
 with ``low_fidelity_free_weight = 1/12`` (chosen on the tuning Plans as above, where the dense
 step term's best weight was 1/8 again). Its KL measures ``low_fidelity_windows`` windows on a

@@ -1,0 +1,77 @@
+"""Checking an exported Plan for real: applied to the model, timed against the dense model side by
+side on this machine, scored by the full evaluator, and made to write text.
+
+This is what ``dlmsearch demo`` ends with and ``bench/quickstart_validation.py`` reports: the
+search's predictions (analytic latency, proxy quality) are only trusted once the Plan itself has
+been measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from dlmsearch.compress import CalibrationSet, apply_plan_
+from dlmsearch.cost_models.measured import generate_call, time_call
+from dlmsearch.evaluators import FullEvaluator, FullSettings
+from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.models.sampler import generate
+from dlmsearch.plan import Plan
+
+#: The full evaluator of a validation: the package's, one draw (one Plan is checked, not ranked).
+VALIDATION_FULL = FullSettings(draws=1)
+
+
+@dataclass(frozen=True)
+class PlanValidation:
+    """A Plan measured beside the dense Plan: medians of interleaved ``generate`` timings (ms), full
+    evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``
+    and one generation of each from the same prompt."""
+
+    dense_ms: float
+    plan_ms: float
+    plan_score: float
+    dense_score: float
+    distinct4_ratio: float
+    prompt: str
+    dense_text: str
+    plan_text: str
+
+    @property
+    def speedup(self) -> float:
+        """Dense time over the Plan's time (above 1: the Plan is faster)."""
+        return self.dense_ms / self.plan_ms
+
+
+def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str, prompt_length: int,
+                  repeats: int = 5, calibration: CalibrationSet | None = None,
+                  settings: FullSettings = VALIDATION_FULL) -> PlanValidation:
+    """Measure ``plan`` against ``dense_plan`` on ``adapter`` (never changed): ``repeats`` timings of each,
+    alternating so that drift of the machine hits both alike, the full evaluator's score of both, and
+    one generation of each from ``prompt``."""
+    compressed = copy.deepcopy(adapter)
+    apply_plan_(compressed, plan, calibration)
+    runs = {"dense": generate_call(adapter, dense_plan.sampler, prompt_length),
+            "plan": generate_call(compressed, plan.sampler, prompt_length)}
+    for run in runs.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(max(1, repeats)):
+        for name, run in runs.items():
+            times[name].append(time_call(adapter if name == "dense" else compressed, run) * 1e3)
+    full = FullEvaluator(adapter, settings, calibration=calibration)
+    scored = full.evaluate(plan)
+    ids = adapter.encode(prompt)[None, :]
+    texts = {}
+    for name, (model, sampler) in {"dense": (adapter, dense_plan.sampler), "plan": (compressed, plan.sampler)}.items():
+        with torch.no_grad():
+            out = generate(model, ids, seed=0, steps=sampler.steps, gen_length=sampler.gen_length,
+                           block_length=sampler.block_length, remasking=sampler.remasking,
+                           temperature=sampler.temperature)
+        texts[name] = adapter.decode(out[0, ids.shape[1]:])
+    return PlanValidation(statistics.median(times["dense"]), statistics.median(times["plan"]), scored.score,
+                          full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"], prompt,
+                          texts["dense"], texts["plan"])
