@@ -162,7 +162,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def time_items(items: Sequence[_Item], tokens: int, device: torch.device, reps: int, min_seconds: float,
-               max_rounds: int, bar: Any = None) -> list[Sample]:
+               max_rounds: int) -> list[Sample]:
     """Warm-up, then interleaved rotated rounds; the median per item (see the module docstring)."""
     times: dict[int, list[float]] = {i: [] for i in range(len(items))}
     with torch.inference_mode():
@@ -181,8 +181,6 @@ def time_items(items: Sequence[_Item], tokens: int, device: torch.device, reps: 
                 items[index].run(r + 1)
                 _sync(device)
                 times[index].append(time.perf_counter() - start)
-            if bar is not None:
-                bar.update(1 / rounds)
     out = []
     for index, item in enumerate(items):
         values = times[index]
@@ -488,7 +486,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     probe = _BlockProbe(shape, max(token_counts), device)
 
     samples: list[Sample] = []
-    with tqdm(total=len(token_counts), desc="profile", unit="M", disable=not progress) as bar:
+    with tqdm(total=len(token_counts), desc="profile", unit="size", disable=not progress) as bar:
         for tokens in token_counts:
             inputs = {(k, dtype): torch.randn(tokens, k, device=device, dtype=dtype)
                       for k in widths for dtype in (torch.float32, torch.bfloat16)}
@@ -503,7 +501,8 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
             items.append(_Item("forward1", (), 1, probe.forward_call(tokens)))
             items.append(_Item("sampling", (), 1, _sampling_call(shape.vocab_size, tokens, device)))
             bar.set_postfix(M=tokens)
-            samples.extend(time_items(items, tokens, device, reps, min_seconds, max_rounds, bar))
+            samples.extend(time_items(items, tokens, device, reps, min_seconds, max_rounds))
+            bar.update(1)
     spec = calibrate(shape, linears, samples, peaks, bandwidth, device, formats, probe.vocab, launch,
                      quantized_overhead)
     elapsed = time.perf_counter() - started

@@ -159,11 +159,15 @@ def claim_warm_start(study: optuna.Study, enqueue: Callable[[], int]) -> int | N
             t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)):
         return None  # done already (a study from before the claim has warm_start trials)
     claim = study.study_name + CLAIM_SUFFIX
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the claim is internal: no "new study" line for users
     try:
         claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], claim)
     except optuna.exceptions.DuplicatedStudyError:
         logger.info("another worker enqueues the warm starts")
         return None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     try:
         if WARM_START_ATTR in storage.get_study_system_attrs(study._study_id):
             return None  # done by a worker that released the claim just now
