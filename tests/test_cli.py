@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dlmsearch.cli import main
+from dlmsearch.evaluators import FullSettings
 
 
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +101,7 @@ def test_evaluate_scores_a_plan_with_either_evaluator(tmp_path: Path, capsys: py
     full = json.loads(capsys.readouterr().out)
     assert full["evaluator"] == "full" and full["fidelity"] == "full" and full["score"] > 0
     assert 0.0 <= full["metrics"]["agreement"] < 1.0 and "gen_nelbo" in full["metrics"]
-    assert full["metrics"]["draws"] == 3 and full["metrics"]["score_sd"] >= 0.0
+    assert full["metrics"]["draws"] == FullSettings().draws and full["metrics"]["score_sd"] >= 0.0
     assert main(["evaluate", str(plan_path), "--evaluator", "proxy", "--fidelity", "low", "--set", "windows=2",
                  "--set", "low_fidelity_windows=1", "--set", "low_fidelity_infill_windows=1",
                  "--set", "calibration_sequences=2"]) == 0
