@@ -141,6 +141,11 @@ def _cost(got: _Measured, reference: _Measured) -> tuple[float, dict[str, float]
     return total, parts
 
 
+def one_token_per_step(sampler: SamplerSettings) -> SamplerSettings:
+    """The dense model's best setting for ``sampler``'s generation shape: one token per step, greedy."""
+    return SamplerSettings(steps=sampler.gen_length, gen_length=sampler.gen_length, block_length=sampler.block_length)
+
+
 def distinct_ratio(got: _Measured, dense: _Measured) -> float:
     """The lowest, over row kinds, of ``got``'s share of distinct 4-grams over the dense model's (1: as
     varied as the dense model; near 0: collapsed into repetition)."""
@@ -228,18 +233,13 @@ class FullEvaluator(BaseEvaluator):
             self._dense_cache[key] = self._measure(self.dense, sampler, fidelity, draw)
         return self._dense_cache[key]
 
-    def _best_sampler(self, sampler: SamplerSettings) -> SamplerSettings:
-        """The dense model's best setting for ``sampler``'s generation shape: one token per step."""
-        return SamplerSettings(steps=sampler.gen_length, gen_length=sampler.gen_length,
-                               block_length=sampler.block_length)
-
     def step_cost(self, sampler: SamplerSettings, fidelity: str = "full") -> dict[str, float]:
         """What ``sampler``'s step count costs the dense model itself (Plan-independent): the step part of
         the score, ``step_cost``, and its parts (``<part>_steps``), the mean over the draws."""
         draws = []
         for draw in range(1 if fidelity == "low" else self.settings.draws):
             total, parts = _cost(self._dense_reference(sampler, fidelity, draw),
-                                 self._dense_reference(self._best_sampler(sampler), fidelity, draw))
+                                 self._dense_reference(one_token_per_step(sampler), fidelity, draw))
             draws.append({"step_cost": total, **{f"{name}_steps": value for name, value in parts.items()}})
         return {key: statistics.fmean(d[key] for d in draws) for key in draws[0]}
 
@@ -248,7 +248,7 @@ class FullEvaluator(BaseEvaluator):
         Plan's own sampler, common random numbers) plus the step cost (the dense model with the Plan's
         sampler against one token per step)."""
         paired = self._dense_reference(sampler, fidelity, draw)
-        best = self._dense_reference(self._best_sampler(sampler), fidelity, draw)
+        best = self._dense_reference(one_token_per_step(sampler), fidelity, draw)
         got = self._measure(model, sampler, fidelity, draw)
         compression, compression_parts = _cost(got, paired)
         steps, step_parts = _cost(paired, best)

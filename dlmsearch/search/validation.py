@@ -9,6 +9,7 @@ been measured.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -68,9 +69,7 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
     texts = {}
     for name, (model, sampler) in {"dense": (adapter, dense_plan.sampler), "plan": (compressed, plan.sampler)}.items():
         with torch.no_grad():
-            out = generate(model, ids, seed=0, steps=sampler.steps, gen_length=sampler.gen_length,
-                           block_length=sampler.block_length, remasking=sampler.remasking,
-                           temperature=sampler.temperature)
+            out = generate(model, ids, seed=0, **dataclasses.asdict(sampler))
         texts[name] = adapter.decode(out[0, ids.shape[1]:])
     return PlanValidation(statistics.median(times["dense"]), statistics.median(times["plan"]), scored.score,
                           full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"], prompt,

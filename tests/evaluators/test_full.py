@@ -10,6 +10,7 @@ import torch
 from dlmsearch.evaluators import FullEvaluator, FullSettings
 from dlmsearch.evaluators.full import distinct_ngrams
 from dlmsearch.evaluators.infill_task import span_masks
+from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows
 from dlmsearch.plan import uniform_plan
 from tests.evaluators.tiny import tiny_data, tiny_model
@@ -30,17 +31,23 @@ def test_full_evaluator_scores_dense_near_zero_and_damage_higher() -> None:
     assert low.fidelity == "low"
 
 
+def _one_draw_evaluator(rows: int) -> tuple[DLMAdapter, FullEvaluator]:
+    """The tiny model and a one-draw full evaluator with ``rows`` prompted and ``rows`` free rows."""
+    adapter = tiny_model()
+    ids, calib = tiny_data(adapter)
+    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=rows,
+                            prompt_length=8, unconditional=rows, draws=1)
+    return adapter, FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
+
+
 def test_prompted_and_free_rows_are_scored_apart() -> None:
     """Each kind of generated row is compared with the dense model's rows of its kind and clipped at 0
     before the kinds are averaged, so likely-but-repetitive rows of one kind cannot offset the other's;
     the compression part against the dense model with the Plan's sampler, the step part between the
     dense model with it and at one token per step."""
-    adapter = tiny_model()
-    ids, calib = tiny_data(adapter)
-    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=3,
-                            prompt_length=8, unconditional=3, draws=1)
-    evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
-    m = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
+    adapter, evaluator = _one_draw_evaluator(rows=3)
+    harsh = evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8))
+    m = harsh.metrics
     kinds = ("prompted", "free")
     compression = [m[f"gen_nelbo_{k}"] - m[f"paired_gen_nelbo_{k}"] for k in kinds]
     steps = [m[f"paired_gen_nelbo_{k}"] - m[f"dense_gen_nelbo_{k}"] for k in kinds]
@@ -48,10 +55,11 @@ def test_prompted_and_free_rows_are_scored_apart() -> None:
     assert m["gen_gap_compression"] == pytest.approx(sum(max(0.0, g) for g in compression) / 2, abs=1e-12)
     assert m["gen_gap_steps"] == pytest.approx(sum(max(0.0, g) for g in steps) / 2, abs=1e-12)
     assert m["diversity_gap_compression"] == pytest.approx(sum(max(0.0, d) for d in shortfalls) / 2, abs=1e-12)
-    assert m["compression_cost"] + m["step_cost"] == pytest.approx(
-        evaluator.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).score)
+    assert m["compression_cost"] + m["step_cost"] == pytest.approx(harsh.score)
     assert m["gen_nelbo"] == pytest.approx((m["gen_nelbo_prompted"] + m["gen_nelbo_free"]) / 2)
-    only_free = FullEvaluator(adapter, dataclasses.replace(settings, prompts=0), text_ids=ids, calibration=calib)
+    ids, calib = tiny_data(adapter)
+    only_free = FullEvaluator(adapter, dataclasses.replace(evaluator.settings, prompts=0), text_ids=ids,
+                              calibration=calib)
     free = only_free.evaluate(uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)).metrics
     assert "gen_nelbo_prompted" not in free and free["gen_gap_compression"] == max(
         0.0, free["gen_nelbo_free"] - free["paired_gen_nelbo_free"])
@@ -60,11 +68,7 @@ def test_prompted_and_free_rows_are_scored_apart() -> None:
 def test_the_step_cost_is_the_dense_models_own_and_the_same_for_every_plan() -> None:
     """The dense model at the Plan's steps scores exactly its step cost (no compression cost), and a
     compressed Plan with those steps carries the same step cost."""
-    adapter = tiny_model()
-    ids, calib = tiny_data(adapter)
-    settings = FullSettings(infill_windows=4, window_length=32, infill_span=4, infill_spans=2, prompts=2,
-                            prompt_length=8, unconditional=2, draws=1)
-    evaluator = FullEvaluator(adapter, settings, text_ids=ids, calibration=calib)
+    adapter, evaluator = _one_draw_evaluator(rows=2)
     dense_few = evaluator.evaluate(uniform_plan(adapter, steps=2, gen_length=8, block_length=8))
     assert dense_few.metrics["compression_cost"] == 0.0
     assert dense_few.score == dense_few.metrics["step_cost"] > 0
