@@ -245,6 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         force=args.force)
     print(f"study {spec.study}: {len(summary.study.trials)} trials, feasible front {len(summary.front)} Plans, "
           f"hypervolume {summary.hypervolume:.4f}")
+    if summary.verification is not None:
+        print(_verification_line(summary.verification))
     print(f"report: {summary.run_dir / 'report.html'}")
     print(f"export: dlmsearch export {summary.run_dir} --pick 'min quality' -o plan.json")
     return 0
@@ -260,8 +262,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _say_remote_code(spec)
     summary = run_study(spec, out, storage=args.storage, n_trials=args.n_trials, write_outputs=False,
                         shared=True, force=args.force)
-    print(f"worker done: study {spec.study} holds {len(summary.study.trials)} trials")
+    verified = "" if summary.verification is None else \
+        f"; verified {summary.verification.scored} front Plan(s) here"
+    print(f"worker done: study {spec.study} holds {len(summary.study.trials)} trials{verified}")
     return 0
+
+
+def _verification_line(verification: Any) -> str:
+    """How many front Plans the full evaluator verified, and how well the proxy ranked them."""
+    from dlmsearch.search.verification import proxy_agreement
+
+    results = verification.results
+    line = (f"front verified by the full evaluator: {len(results)} Plans ({verification.scored} scored now, "
+            f"{verification.reused} before)")
+    agreement = proxy_agreement(list(results.values()))
+    if agreement is not None:
+        line += f"; proxy vs verified Spearman {agreement:.2f}"
+    return line + (f"; not verified (failed): {list(verification.failed)}" if verification.failed else "")
 
 
 def _say_remote_code(spec: Any) -> None:
@@ -294,12 +311,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
         return 0
-    metrics = ["quality", "latency_ms", "latency_per_step_ms", "peak_mem_bytes"]
-    print(f"{'trial':>5}  " + "  ".join(f"{m:>19}" for m in metrics) + "  fidelity  Plan")
+    metrics = ["quality", "proxy", "latency_ms", "latency_per_step_ms", "peak_mem_bytes"]
+    print(f"{'trial':>5}  " + "  ".join(f"{m:>19}" for m in metrics) + "  scored by  Plan")
     for r in rows:
-        print(f"{r.number:>5}  " + "  ".join(f"{r.metrics.get(m, float('nan')):>19.6g}" for m in metrics)
-              + f"  {r.fidelity:8s}  {r.summary}")
-    print(f"{len(rows)} Plans on the feasible front")
+        values = {**r.metrics, "proxy": r.proxy_quality if r.proxy_quality is not None else float("nan")}
+        print(f"{r.number:>5}  " + "  ".join(f"{values.get(m, float('nan')):>19.6g}" for m in metrics)
+              + f"  {'verified' if r.verified else r.fidelity:9s}  {r.summary}")
+    verified = sum(r.verified for r in rows)
+    print(f"{len(rows)} Plans on the feasible front; quality is the full evaluator's verified score for {verified} "
+          f"of them (`verified`), the proxy's for the others (column proxy: the proxy's score of each)")
     return 0
 
 
@@ -315,11 +335,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write one trial's Plan as JSON (by number or by a --pick expression)."""
     from dlmsearch.search import export_plan
+    from dlmsearch.search.results import quality_note
 
-    trial, path = export_plan(_open(args), args.output, number=args.trial, pick=args.pick, force=args.force)
+    study = _open(args)
+    trial, path = export_plan(study, args.output, number=args.trial, pick=args.pick, force=args.force)
     metrics = trial.user_attrs.get("metrics", {})
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("quality", "latency_ms", "peak_mem_bytes") if k in metrics)
-    print(f"wrote {path}: trial {trial.number} ({shown})")
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("latency_ms", "peak_mem_bytes") if k in metrics)
+    print(f"wrote {path}: trial {trial.number} ({quality_note(study, trial)}, {shown})")
     print(f"apply it: dlmsearch apply {path} --out compressed/")
     return 0
 
@@ -341,17 +363,21 @@ def cmd_journal_repair(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan."""
     from dlmsearch.search import export_plan, load_study_spec, run_study
+    from dlmsearch.search.results import quality_note
 
     spec = load_study_spec(_study_path("quickstart"))
     out = Path(args.out)
     summary = run_study(spec, out)
     print(f"study {spec.study}: {len(summary.study.trials)} trials, feasible front {len(summary.front)} Plans, "
           f"hypervolume {summary.hypervolume:.4f}")
+    if summary.verification is not None:
+        print(_verification_line(summary.verification))
     print(f"report: {out / 'report.html'}")
     trial, path = export_plan(summary.study, out / "plan.json", pick="min quality")
     metrics = trial.user_attrs["metrics"]
-    print(f"plan: {path} (trial {trial.number}: the best quality within the budget; quality {metrics['quality']:.4f}, "
-          f"latency {metrics['latency_ms']:.1f} ms, memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
+    print(f"plan: {path} (trial {trial.number}: the best quality within the budget; "
+          f"{quality_note(summary.study, trial)}, latency {metrics['latency_ms']:.1f} ms, "
+          f"memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
     _print_validation(spec, load_plan(path))
     print(f"next: dlmsearch apply {path} --out {out / 'compressed'} && "
           f"dlmsearch generate --model {out / 'compressed'} --prompt 'ROMEO.'")

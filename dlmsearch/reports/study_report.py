@@ -8,6 +8,8 @@
 - the hypervolume history;
 - for the front's Plans (a dropdown picks one): weight bits per layer x timestep group (heatmap)
   and sparsity per layer (bars);
+- the front verification: the proxy's score against the full evaluator's per verified front Plan
+  (a scatter with their rank correlation: how far to trust the proxy on this study);
 - parameter importances for quality, and the sensitivity profile the warm start used.
 """
 
@@ -25,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
 from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
+from dlmsearch.search.verification import Verification, proxy_agreement, verifications
 
 logger = logging.getLogger("dlmsearch.reports.study_report")
 
@@ -43,6 +46,7 @@ class TrialPoint:
     on_front: bool
     summary: str
     fidelity: str
+    verified_quality: float | None = None  # the full evaluator's score, where the front was verified
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class FrontData:
     def front(self) -> list[TrialPoint]:
         """The feasible front, sorted by the first objective."""
         return sorted((p for p in self.points if p.on_front), key=lambda p: p.values[self.objectives[0]])
+
+    def verified(self) -> list[TrialPoint]:
+        """The points the full evaluator verified, sorted by trial number."""
+        return [p for p in self.points if p.verified_quality is not None]
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,10 @@ def front_data(study: optuna.Study) -> FrontData:
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = {t.number for t in feasible_front(trials)}
+    checked = verifications(study)
     points = [TrialPoint(t.number, dict(zip(objectives, t.values or [], strict=True)), is_feasible(t),
-                         t.number in front, _summary(t.user_attrs.get("plan")), str(t.user_attrs.get("fidelity", "")))
+                         t.number in front, _summary(t.user_attrs.get("plan")), str(t.user_attrs.get("fidelity", "")),
+                         checked[t.number].quality if t.number in checked else None)
               for t in sorted(trials, key=lambda t: t.number)]
     budget = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items() if k in objectives}
     return FrontData(objectives, points, budget)
@@ -160,7 +170,9 @@ def _plotly() -> Any:
 
 def _hover(points: list[TrialPoint]) -> list[str]:
     return [f"trial {p.number} ({p.fidelity})<br>{p.summary}<br>" +
-            "<br>".join(f"{k}: {v:.4g}" for k, v in p.values.items()) for p in points]
+            "<br>".join(f"{k}: {v:.4g}" for k, v in p.values.items()) +
+            (f"<br>verified quality (full evaluator): {p.verified_quality:.4g}" if p.verified_quality is not None
+             else "") for p in points]
 
 
 def pareto_figures(data: FrontData) -> list[Any]:
@@ -203,6 +215,25 @@ def pareto_figures(data: FrontData) -> list[Any]:
                                                                "zaxis_title": objectives[0]})
         figures.append(fig)
     return figures
+
+
+def verification_figure(data: FrontData) -> Any | None:
+    """Proxy score vs the full evaluator's verified score, one point per verified front Plan, with
+    their Spearman rank correlation in the title (None before any verification)."""
+    points = data.verified()
+    if not points or "quality" not in data.objectives:
+        return None
+    go = _plotly()
+    agreement = proxy_agreement([Verification(p.number, p.verified_quality or 0.0, p.values["quality"], {})
+                                 for p in points])
+    rank = f"Spearman {agreement:.2f}" if agreement is not None else "too few distinct Plans for a rank correlation"
+    fig = go.Figure(go.Scatter(x=[p.values["quality"] for p in points], y=[p.verified_quality for p in points],
+                               mode="markers+text", text=[str(p.number) for p in points], textposition="top center",
+                               hovertext=_hover(points), hoverinfo="text", marker={"color": "#d62728", "size": 9}))
+    fig.update_layout(title=f"front verification: proxy vs full evaluator, {len(points)} front Plans ({rank})",
+                      xaxis_title="proxy quality (the search's score)",
+                      yaxis_title="verified quality (full evaluator; 0 = dense at one token per step)")
+    return fig
 
 
 def hypervolume_figure(history: list[tuple[int, float]]) -> Any:
@@ -263,13 +294,16 @@ def sensitivity_figure(table: dict[str, dict[str, float]]) -> Any | None:
 
 def render_html(data: StudyReportData) -> str:
     """The whole report as one self-contained HTML page."""
-    figures = [*pareto_figures(data.front), hypervolume_figure(data.hypervolume), *plan_figures(data.plans)]
-    figures += [f for f in (importance_figure(data.importances), sensitivity_figure(data.sensitivity)) if f]
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    figures = [*pareto_figures(data.front), verification_figure(data.front), hypervolume_figure(data.hypervolume),
+               *plan_figures(data.plans), importance_figure(data.importances), sensitivity_figure(data.sensitivity)]
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0))
+             for i, fig in enumerate(f for f in figures if f is not None)]
     front = data.front.front()
     rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{p.values[o]:.4g}</td>" for o in data.front.objectives)
+                   + f"<td>{'' if p.verified_quality is None else f'{p.verified_quality:.4g}'}</td>"
                    + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
-    header = "".join(f"<th>{html.escape(o)}</th>" for o in data.front.objectives)
+    header = "".join(f"<th>{html.escape(o)}</th>" for o in data.front.objectives) + \
+        "<th>verified quality (full evaluator)</th>"
     complete = len(data.front.points)
     feasible = sum(p.feasible for p in data.front.points)
     hv = data.hypervolume[-1][1] if data.hypervolume else 0.0

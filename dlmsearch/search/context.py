@@ -9,7 +9,7 @@ import torch
 
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.cost_models import AnalyticCostModel, HardwareSpec, resolve_hardware
-from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
+from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
 from dlmsearch.evaluators.user_text import read_text_ids
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import load_model
@@ -55,19 +55,38 @@ class StudyContext:
                 **{name: value * REFERENCE_MARGIN for name, value in self.dense_cost().items()}}
 
 
-def build_evaluator(spec: StudySpec, adapter: DLMAdapter | None = None) -> ProxyEvaluator:
-    """The spec's proxy evaluator on ``adapter`` (the spec's model, loaded here when omitted)."""
-    adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    settings = ProxySettings(**dict(spec.evaluator.settings))
+def user_texts(spec: StudySpec, adapter: DLMAdapter, calibration_sequences: int, window_length: int, seed: int
+               ) -> tuple[torch.Tensor | None, CalibrationSet | None]:
+    """The spec's held-out text (``evaluator.data_files``, encoded) and calibration set
+    (``evaluator.calibration_files``); None for each the spec leaves to the embedded plays."""
     text_ids = (read_text_ids(adapter, spec.evaluator.data_files, "evaluator.data_files")
                 if spec.evaluator.data_files else None)
     calibration = None
     if spec.evaluator.calibration_files:
         ids = read_text_ids(adapter, spec.evaluator.calibration_files, "evaluator.calibration_files")
-        calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, settings.calibration_sequences,
-                                              min(settings.window_length, adapter.shape.max_length), settings.seed)
+        calibration = CalibrationSet.from_ids(ids, adapter.mask_token_id, calibration_sequences,
+                                              min(window_length, adapter.shape.max_length), seed)
+    return text_ids, calibration
+
+
+def build_evaluator(spec: StudySpec, adapter: DLMAdapter | None = None) -> ProxyEvaluator:
+    """The spec's proxy evaluator on ``adapter`` (the spec's model, loaded here when omitted)."""
+    adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    settings = ProxySettings(**dict(spec.evaluator.settings))
+    text_ids, calibration = user_texts(spec, adapter, settings.calibration_sequences, settings.window_length,
+                                       settings.seed)
     logger.info("building the proxy evaluator (the dense reference is cached on disk after the first run)")
     return ProxyEvaluator(adapter, settings, text_ids=text_ids, calibration=calibration)
+
+
+def build_full_evaluator(spec: StudySpec, adapter: DLMAdapter | None = None) -> FullEvaluator:
+    """The full evaluator that verifies the spec's front (``verify_settings``), on the spec's held-out and
+    calibration text files when it names them."""
+    adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    settings = FullSettings(**dict(spec.verify_settings))
+    text_ids, calibration = user_texts(spec, adapter, settings.calibration_sequences, settings.window_length,
+                                       settings.seed)
+    return FullEvaluator(adapter, settings, text_ids=text_ids, calibration=calibration)
 
 
 def build_context(spec: StudySpec, isolation: str | None = None) -> StudyContext:

@@ -1,7 +1,9 @@
 """Reading a finished (or running) study back: open it, list its front, export one Plan.
 
 The run folder is the handle: it names its storage (``storage.txt``) and keeps the resolved spec.
-Everything is read from JSON user attributes; nothing is unpickled.
+Everything is read from JSON user attributes; nothing is unpickled. Where the front was verified
+(:mod:`dlmsearch.search.verification`), a trial's ``quality`` is the full evaluator's score and its
+proxy score is kept beside it (``proxy_quality``); ``--pick`` then chooses among the verified Plans.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
-from dlmsearch.search.pareto import feasible_front, is_feasible, parse_pick, pick_trial
+from dlmsearch.search.pareto import PickError, feasible_front, is_feasible, parse_pick, pick_trial
 from dlmsearch.search.spec import OBJECTIVES
 from dlmsearch.search.storage import open_storage
+from dlmsearch.search.verification import Verification, verifications
 
 #: Metrics a front row shows and a ``--pick`` expression may name.
 PICK_METRICS: tuple[str, ...] = (*OBJECTIVES, "latency_per_step_ms")
@@ -33,10 +36,11 @@ class DegenerateTextError(ValueError):
     """The chosen trial's Plan generates collapsed text; exporting it needs ``force``."""
 
 
-def degeneracy(trial: FrozenTrial) -> str | None:
-    """Why ``trial``'s Plan counts as degenerate (its ``distinct4_ratio`` is below
-    :data:`DEGENERATE_DISTINCT4_RATIO`), or None."""
-    ratio = trial.user_attrs.get("metrics", {}).get("distinct4_ratio")
+def degeneracy(trial: FrozenTrial, verified: Verification | None = None) -> str | None:
+    """Why ``trial``'s Plan counts as degenerate (its ``distinct4_ratio``, the full evaluator's when it
+    was ``verified``, is below :data:`DEGENERATE_DISTINCT4_RATIO`), or None."""
+    measured = verified.metrics if verified is not None else trial.user_attrs.get("metrics", {})
+    ratio = measured.get("distinct4_ratio")
     if ratio is None or ratio >= DEGENERATE_DISTINCT4_RATIO:
         return None
     return (f"distinct4_ratio {ratio:.3f}: its generations keep {ratio:.0%} of the dense model's distinct 4-grams "
@@ -73,13 +77,16 @@ def open_study(run_dir: str | Path | None = None, storage: str | None = None, st
 
 @dataclass(frozen=True)
 class FrontRow:
-    """One trial as the front table shows it."""
+    """One trial as the front table shows it; ``metrics["quality"]`` is the verified score when
+    ``verified`` (the proxy's is then ``proxy_quality``)."""
 
     number: int
     metrics: dict[str, float]
     feasible: bool
     fidelity: str
     summary: str
+    verified: bool = False
+    proxy_quality: float | None = None
 
 
 def plan_of(trial: FrozenTrial) -> Plan:
@@ -103,23 +110,29 @@ def plan_summary(plan: Plan) -> str:
             f"sparsity {sparsity:.2f}")
 
 
-def trial_row(trial: FrozenTrial) -> FrontRow:
-    """A trial's row (metrics from its user attributes)."""
+def trial_row(trial: FrozenTrial, verified: Verification | None = None) -> FrontRow:
+    """A trial's row (metrics from its user attributes; quality from its verification when given)."""
     metrics = {k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items() if k in PICK_METRICS}
+    proxy = metrics.get("quality")
+    if verified is not None:
+        metrics["quality"] = verified.quality
     return FrontRow(trial.number, metrics, is_feasible(trial), str(trial.user_attrs.get("fidelity", "")),
-                    plan_summary(plan_of(trial)))
+                    plan_summary(plan_of(trial)), verified is not None, proxy)
 
 
 def front_rows(study: optuna.Study) -> list[FrontRow]:
-    """The feasible front, sorted by quality."""
-    rows = [trial_row(t) for t in feasible_front(study.get_trials(deepcopy=False))]
-    return sorted(rows, key=lambda r: (r.metrics.get("quality", 0.0), r.number))
+    """The feasible front, verified Plans first, each part sorted by quality."""
+    checked = verifications(study)
+    rows = [trial_row(t, checked.get(t.number)) for t in feasible_front(study.get_trials(deepcopy=False))]
+    return sorted(rows, key=lambda r: (not r.verified, r.metrics.get("quality", 0.0), r.number))
 
 
 def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
-    """The feasible front as JSON: trial number, metrics, fidelity, Plan summary and the Plan."""
+    """The feasible front as JSON: trial number, metrics, fidelity, whether its quality was verified (and
+    the proxy's beside it), Plan summary and the Plan."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "summary": row.summary,
+    data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "verified": row.verified,
+             "proxy_quality": row.proxy_quality, "summary": row.summary,
              "plan": trials[row.number].user_attrs["plan"]} for row in front_rows(study)]
     out = Path(path)
     out.write_text(json.dumps({"study": study.study_name, "objectives": study.metric_names, "front": data},
@@ -130,7 +143,10 @@ def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
 def select_trial(study: optuna.Study, number: int | None = None, pick: str | None = None,
                  force: bool = False) -> FrozenTrial:
     """The trial ``number``, or the feasible trial the ``pick`` expression selects among those that are
-    not degenerate (:func:`degeneracy`; with ``force``, among all)."""
+    not degenerate (:func:`degeneracy`; with ``force``, among all). Where the front was verified the
+    pick chooses among the front's verified Plans by their verified quality (the proxy's and the full
+    evaluator's scores are on different scales), and among all feasible Plans by the proxy's only when
+    no verified Plan meets its conditions."""
     if (number is None) == (pick is None):
         raise ValueError("give exactly one of --trial N and --pick EXPRESSION")
     if number is not None:
@@ -141,14 +157,32 @@ def select_trial(study: optuna.Study, number: int | None = None, pick: str | Non
                              f"({_ranges(done)})")
         return trials[number]
     assert pick is not None
+    expression = parse_pick(pick, PICK_METRICS)
+    checked = verifications(study)
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if is_feasible(t) and (force or degeneracy(t) is None)]
+                if is_feasible(t) and (force or degeneracy(t, checked.get(t.number)) is None)]
     if not feasible:
         raise DegenerateTextError("no feasible trial whose generations keep their variety "
                                   f"(distinct4_ratio >= {DEGENERATE_DISTINCT4_RATIO}); allowed: a larger budget or "
                                   "more steps, or --force to pick among degenerate Plans")
-    rows: list[dict[str, Any]] = [trial_row(t).metrics for t in feasible]
-    return feasible[pick_trial(rows, parse_pick(pick, PICK_METRICS))]
+    front = {t.number for t in feasible_front(study.get_trials(deepcopy=False))}
+    verified = [t for t in feasible if t.number in checked and t.number in front]  # what `pareto` shows verified
+    if verified:
+        rows: list[dict[str, Any]] = [trial_row(t, checked[t.number]).metrics for t in verified]
+        try:
+            return verified[pick_trial(rows, expression)]
+        except PickError:
+            pass  # no verified Plan meets the conditions: the proxy decides among all of them
+    return feasible[pick_trial([trial_row(t).metrics for t in feasible], expression)]
+
+
+def quality_note(study: optuna.Study, trial: FrozenTrial) -> str:
+    """``quality X (full evaluator, verified; proxy Y)`` or ``quality Y (proxy)`` for ``trial``."""
+    proxy = float(trial.user_attrs.get("metrics", {}).get("quality", float("nan")))
+    verified = verifications(study).get(trial.number)
+    if verified is None:
+        return f"quality {proxy:.4f} (proxy)"
+    return f"quality {verified.quality:.4f} (full evaluator, verified; proxy {proxy:.4f})"
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -162,7 +196,7 @@ def export_plan(study: optuna.Study, path: str | Path, number: int | None = None
     """Write the chosen trial's Plan as JSON; returns the trial and the path. A degenerate Plan
     (:func:`degeneracy`) raises :class:`DegenerateTextError` naming the figure, unless ``force``."""
     trial = select_trial(study, number, pick, force)
-    reason = degeneracy(trial)
+    reason = degeneracy(trial, verifications(study).get(trial.number))
     if reason is not None and not force:
         raise DegenerateTextError(f"trial {trial.number} is not exported: {reason}; allowed: another trial, "
                                   "or --force to export it anyway")

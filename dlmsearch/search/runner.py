@@ -12,6 +12,8 @@ user attributes (JSON only: nothing is ever unpickled from a storage).
 runs only the trials still missing; the trials of a killed worker become FAIL and run again. A
 fresh study first runs its warm starts: the dense model, uniform presets (W8 and W4 weight-only,
 fewer steps) and the solutions of the sensitivity-table integer program (:mod:`dlmsearch.search.baselines`).
+After the trials the feasible front is re-scored by the full evaluator (``verify_front``,
+:mod:`dlmsearch.search.verification`).
 """
 
 from __future__ import annotations
@@ -37,16 +39,18 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from dlmsearch.evaluators import QualityResult, SensitivityTable, sensitivity_table
+from dlmsearch.evaluators import FullEvaluator, QualityResult, SensitivityTable, sensitivity_table
+from dlmsearch.models.loading import load_model
 from dlmsearch.plan import Plan
 from dlmsearch.search import workers
 from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solve_integer_program
-from dlmsearch.search.context import StudyContext, build_context
+from dlmsearch.search.context import StudyContext, build_context, build_full_evaluator
 from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
 from dlmsearch.search.samplers import make_sampler, seed_for_trial
 from dlmsearch.search.spec import StudySpec
 from dlmsearch.search.storage import check_workers, default_journal, open_storage
+from dlmsearch.search.verification import VerificationSummary, verify_front
 
 logger = logging.getLogger("dlmsearch.search.runner")
 
@@ -77,12 +81,14 @@ class StudyMismatchError(ValueError):
 
 @dataclass
 class RunSummary:
-    """What a run leaves: the study, its feasible front and hypervolume, the run folder."""
+    """What a run leaves: the study, its feasible front and hypervolume, the run folder, the front's
+    verification."""
 
     study: optuna.Study
     front: list[FrozenTrial]
     hypervolume: float
     run_dir: Path
+    verification: VerificationSummary | None = None  # None when the spec's verify_front is 0
 
 
 def environment() -> dict[str, str]:
@@ -340,8 +346,13 @@ def _run(spec: StudySpec, out: Path, storage_url: str, n_trials: int | None, pro
             workers.wait_for_warm_start(study)
     optimize(study, TrialObjective(context, study, limits), total, spec.timeout_s, spec.trial_timeout_s, progress,
              reference(study, spec.objectives), seed=spec.seed)
+    verification = None
+    if spec.verify_front > 0:
+        verification = verify_front(study, lambda: full_evaluator(context), spec.verify_front, spec.verify_settings,
+                                    progress)
     summary = RunSummary(study, feasible_front(study.get_trials(deepcopy=False)),
-                         front_hypervolume(study.get_trials(deepcopy=False), reference(study, spec.objectives)), out)
+                         front_hypervolume(study.get_trials(deepcopy=False), reference(study, spec.objectives)), out,
+                         verification)
     if write_outputs:
         from dlmsearch.reports.study_report import write_report
         from dlmsearch.search.results import write_pareto_json
@@ -349,6 +360,18 @@ def _run(spec: StudySpec, out: Path, storage_url: str, n_trials: int | None, pro
         write_pareto_json(study, out / "pareto.json")
         write_report(study, out / "report.html")
     return summary
+
+
+def full_evaluator(context: StudyContext) -> FullEvaluator:
+    """The spec's full evaluator for front verification, on the context's model, loaded with its weights
+    when the context holds only the skeleton (``isolation: process``; the proxy's child process is
+    closed first, so the model is not held twice)."""
+    adapter = context.adapter
+    if any(p.is_meta for p in adapter.model.parameters()):
+        if isinstance(context.evaluator, IsolatedEvaluator):
+            context.evaluator.close()  # a later evaluation starts a fresh child
+        adapter = load_model(context.spec.model, trust_remote_code=context.spec.trust_remote_code)
+    return build_full_evaluator(context.spec, adapter)
 
 
 def reference(study: optuna.Study, objectives: Sequence[str]) -> list[float]:

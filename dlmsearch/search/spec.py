@@ -11,6 +11,8 @@ A minimal spec (every other field has a default)::
     n_trials: 40
     isolation: process               # default: Plans are scored in a child process replaced every
     recycle_after: 25                # 25 evaluations (memory stays flat); "none": in this process
+    verify_front: 20                 # after the trials, re-score at most 20 front Plans with the full
+    verify_settings: {draws: 2}      # evaluator (FullSettings overrides); 0: no verification
 
 Loading reports every bad field at once (path, value, what is allowed) as one
 :class:`StudySpecError`; nothing is loaded or measured before the spec is valid.
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 
 from dlmsearch.cost_models.hardware_spec import list_hardware, yaml_error_summary, yaml_number
+from dlmsearch.evaluators.full import FullSettings
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from dlmsearch.models.sampler import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
@@ -158,6 +161,8 @@ class StudySpec:
     quality_reference: float = 1.0  # proxy score at the hypervolume's reference point
     isolation: str = "process"  # process: model work in a child process, replaced every recycle_after evaluations
     recycle_after: int = 25
+    verify_front: int = 20  # front Plans re-scored by the full evaluator after the trials (0: none)
+    verify_settings: Mapping[str, Any] = field(default_factory=dict)  # FullSettings overrides for verification
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (the resolved spec a run folder keeps)."""
@@ -241,7 +246,7 @@ class _Checker:
 
 _TOP_KEYS = ("study", "model", "trust_remote_code", "hardware", "budget", "objectives", "space", "generation",
              "evaluator", "sampler", "n_trials", "timeout_s", "trial_timeout_s", "storage", "seed", "warm_start",
-             "quality_reference", "isolation", "recycle_after")
+             "quality_reference", "isolation", "recycle_after", "verify_front", "verify_settings")
 
 
 def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
@@ -283,9 +288,9 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
         values["sampler"] = top["sampler"]
     if "isolation" in top and c.choice("isolation", top["isolation"], ISOLATIONS) is not None:
         values["isolation"] = top["isolation"]
-    for key in ("n_trials", "seed", "recycle_after"):
+    for key in ("n_trials", "seed", "recycle_after", "verify_front"):
         if key in top and top[key] is not None:
-            number = c.integer(key, top[key], 0 if key == "seed" else 1)
+            number = c.integer(key, top[key], 0 if key in ("seed", "verify_front") else 1)
             if number is not None:
                 values[key] = number
     if "n_trials" in top and top["n_trials"] is None:
@@ -305,6 +310,8 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
     values["space"] = _space(c, top.get("space"))
     values["generation"] = _generation(c, top.get("generation"))
     values["evaluator"] = _evaluator(c, top.get("evaluator"))
+    if "verify_settings" in top:
+        values["verify_settings"] = _verify_settings(c, top["verify_settings"])
     _check_sampler_grid(c, values["space"], values["generation"])
     if c.problems:
         raise StudySpecError(c.problems, source)
@@ -463,6 +470,31 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
                 c.bad(f"evaluator.{key}", missing, "existing text files")
             values[key] = tuple(files)
     return EvaluatorSpec(**{k: v for k, v in values.items() if v is not None})
+
+
+def _verify_settings(c: _Checker, data: Any) -> dict[str, Any]:
+    """Overrides of the full evaluator's settings, checked against :class:`FullSettings` itself."""
+    defaults = {f.name: f.default for f in fields(FullSettings)}
+    raw = c.mapping("verify_settings", data, tuple(defaults))
+    values = {}
+    for key, value in raw.items():
+        if key not in defaults:
+            continue
+        default, path = defaults[key], f"verify_settings.{key}"
+        if isinstance(default, str):
+            checked: Any = c.string(path, value)
+        elif isinstance(default, float):
+            checked = c.number(path, value, low_open=False)
+        else:
+            checked = c.integer(path, value, 1 if key == "draws" else 0)
+        if checked is not None:
+            values[key] = checked
+    if values:
+        try:
+            FullSettings(**values)
+        except ValueError as exc:
+            c.bad("verify_settings", dict(raw), f"settings the full evaluator accepts ({exc})")
+    return values
 
 
 def _check_sampler_grid(c: _Checker, space: SpaceSpec, generation: GenerationSpec) -> None:

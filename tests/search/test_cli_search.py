@@ -25,6 +25,9 @@ SPEC = {
     "sampler": "tpe",
     "n_trials": 3,
     "warm_start": False,
+    "verify_front": 2,
+    "verify_settings": {"infill_windows": 2, "prompts": 2, "unconditional": 1, "nelbo_repeats": 2,
+                        "calibration_sequences": 2, "draws": 1},
 }
 
 
@@ -42,6 +45,7 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     assert main(["run", str(spec_file), "--out", str(run_dir), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "study cli: 3 trials" in out and "report.html" in out
+    assert "front verified by the full evaluator" in out
     assert {"spec.yaml", "journal.log", "report.html", "pareto.json", "storage.txt"} <= {
         p.name for p in run_dir.iterdir()}
     assert main(["run", str(spec_file), "--out", str(run_dir), "--n-trials", "4", "--threads", "1"]) == 0
@@ -50,6 +54,8 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     assert main(["pareto", str(run_dir), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows and all(row["feasible"] for row in rows)
+    verified = [row for row in rows if row["verified"]]
+    assert 1 <= len(verified) <= SPEC["verify_front"] and all(row["proxy_quality"] is not None for row in verified)
     assert main(["pareto", str(run_dir)]) == 0
     assert "Plans on the feasible front" in capsys.readouterr().out
 
@@ -58,8 +64,8 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
 
     plan_path = tmp_path / "plan.json"
     assert main(["export", str(run_dir), "--pick", "min quality where latency_ms <= 1e12", "-o", str(plan_path)]) == 0
-    assert "wrote" in capsys.readouterr().out
-    best = min(rows, key=lambda r: r["metrics"]["quality"])
+    assert "(full evaluator, verified" in capsys.readouterr().out
+    best = min(verified, key=lambda r: r["metrics"]["quality"])  # the pick chooses among the verified Plans
     assert main(["export", str(run_dir), "--trial", str(best["number"]), "-o", str(tmp_path / "same.json")]) == 0
     assert load_plan(tmp_path / "same.json") == load_plan(plan_path)
     assert main(["apply", str(plan_path), "--out", str(tmp_path / "compressed"), "--calibration-sequences", "2"]) == 0

@@ -31,7 +31,7 @@ def rss_mb() -> float:
 
 def isolated_spec(**overrides: Any) -> Any:
     return spec_from_dict({**SPEC, "study": "isolated", "isolation": "process", "recycle_after": 10,
-                           "evaluator": {**SPEC["evaluator"], "fidelity": "low"}, **overrides})
+                           "verify_front": 0, "evaluator": {**SPEC["evaluator"], "fidelity": "low"}, **overrides})
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ under CI (``CI`` set), so CI cannot pass without running it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from dlmsearch.plan import Plan
 from dlmsearch.search.context import build_context
 from dlmsearch.search.spec import spec_from_dict
 from dlmsearch.search.storage import StorageError, open_storage
+from dlmsearch.search.verification import plans_to_verify, verifications
 from dlmsearch.search.workers import WARM_START_ATTR
 from tests.search.test_cli_search import SPEC
 
@@ -101,8 +103,9 @@ def warm_build(spec_path: Path) -> None:
 
 
 def run_workers(spec_path: Path, storage: str, tmp_path: Path, count: int = 4, groups: int = 1,
-                timeout: float = 900) -> None:
-    """``count`` ``dlmsearch worker`` processes in ``groups`` process groups (simulated machines)."""
+                timeout: float = 900) -> list[str]:
+    """``count`` ``dlmsearch worker`` processes in ``groups`` process groups (simulated machines); their
+    standard outputs."""
     procs = [cli("worker", str(spec_path), "--storage", storage, "--out", str(tmp_path / f"worker{i}"),
                  new_session=groups > 1 and i % groups == 1) for i in range(count)]
     deadline = time.monotonic() + timeout
@@ -118,6 +121,19 @@ def run_workers(spec_path: Path, storage: str, tmp_path: Path, count: int = 4, g
     for code, out, err in outputs:
         assert code == 0, err[-3000:]
         assert "worker done" in out and "Traceback" not in err
+    return [out for _, out, _ in outputs]
+
+
+def check_one_verifier_per_plan(storage: str, name: str, outputs: list[str]) -> None:
+    """Every Plan to verify was verified, by exactly one worker, and no claim is left behind."""
+    study = load(storage, name)
+    targets = [t.number for t in plans_to_verify(study.get_trials(), WORKER_SPEC["verify_front"])]
+    assert targets and sorted(verifications(study)) == sorted(targets)
+    scored = [int(m.group(1)) for out in outputs for m in re.finditer(r"verified (\d+) front Plan", out)]
+    assert len(scored) == len(outputs) and sum(scored) == len(targets), outputs
+    summaries = optuna.get_all_study_summaries(open_storage(storage))
+    left = [s.study_name for s in summaries if s.study_name.startswith(name)]
+    assert left == [name]
 
 
 def check_many_workers(spec_path: Path, storage: str, name: str, n_trials: int) -> None:
@@ -147,8 +163,9 @@ def test_four_workers_exact_budget(kind: str, tmp_path: Path) -> None:
     storage = storage_for(kind, tmp_path / "run")
     spec_path = write_spec(tmp_path, study=name, n_trials=n_trials)
     warm_build(spec_path)
-    run_workers(spec_path, storage, tmp_path, count=4, groups=1 if kind == "journal" else 2)
+    outputs = run_workers(spec_path, storage, tmp_path, count=4, groups=1 if kind == "journal" else 2)
     check_many_workers(spec_path, storage, name, n_trials)
+    check_one_verifier_per_plan(storage, name, outputs)
     if kind == "journal":
         assert not list((tmp_path / "run").glob("*.lock"))
 
