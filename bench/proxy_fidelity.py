@@ -7,14 +7,14 @@ Reproduce with::
     .venv/bin/python bench/proxy_fidelity.py --space light --seed 3 --plans 24   # lightly compressed Plans
     .venv/bin/python bench/proxy_fidelity.py --quick            # 6 Plans, smaller evaluators (under a minute)
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf0.json runs/pf1.json --tune   # weights, pooled
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --weights 0 0.3333 0 0.125 0.25  # rescored
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --weights 0 0.3333 0 0.125 0.25 1  # rescored
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf2.json --variant seed=1   # the proxy's own noise
     .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf0.json --variant seed=0 --variant-dump runs/v0.json
-    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/one_draw.json --full-draws 3 --dump runs/more.json
+    .venv/bin/python bench/proxy_fidelity.py --from-dump runs/pf_light5.json --extra-draws 4 --dump runs/pf_light5x.json
 
-(``--weights``: trajectory, free gap, infill and dense step weights. ``--variant seed=0`` rescores a
-dump's Plans with the current proxy, so a dump made before a change of the proxy still serves:
-its full-evaluator scores are what cost time.)
+(``--weights``: trajectory, free gap, infill, dense step, step diversity and step cost weights.
+``--variant seed=0`` rescores a dump's Plans with the current proxy, so a dump made before a change
+of the proxy still serves: its full-evaluator scores are what cost time.)
 
 Plans are drawn at random (``--seed``) over the knobs the search uses: per layer group (block x
 attention / MLP) weight bits per timestep group in {2, 3, 4, 8, 16}, sparsity in {0, 0.1, ..., 0.6}
@@ -24,23 +24,20 @@ Wanda: the region a search's front ends up in). Each Plan is scored by the proxy
 fidelity), by the full evaluator, and by plain masked NELBO of the compressed model on held-out
 windows. Tune the proxy on some seeds and report others: the proxy's weights were chosen on
 ``--seed 0`` (40 Plans) and ``--seed 1`` (24 Plans) pooled, and on ``--space light --seed 3``; the
-figures in bench/RESULTS.md come from ``--seed 2`` (40 Plans) and ``--space light --seed 4``.
+figures in bench/RESULTS.md come from ``--seed 2`` (40 Plans) and ``--space light --seed 5``.
 
 Figures (``name: value``):
 
 - ``spearman_proxy_full`` / ``kendall_proxy_full``: proxy vs full evaluator;
 - ``spearman_low_full`` / ``kendall_low_full``: low-fidelity proxy vs full evaluator;
-- ``spearman_full_repeat`` (with ``--full-repeat``): the full evaluator against itself under seeds
+- ``spearman_full_repeat`` (unless ``--no-repeat``): the full evaluator against itself under seeds
   it did not use (its generations, infill spans and NELBO masks; same compressed models): its noise
   ceiling; ``spearman_proxy_full_repeat``: the proxy against that repeat;
   ``spearman_proxy_full_mean`` / ``spearman_low_full_mean``: against the mean of the two;
-- with three or more one-draw scores of the full evaluator (the draws of the package's full
-  evaluator, ``draws=3``; or dumps made with ``draws=1``, which is how the session-4 dumps were made,
-  and ``--full-draws`` adds draws to such a dump):
+- with three or more one-draw scores of the full evaluator (the draws of both full evaluators):
   ``spearman_full_pairwise`` (mean rank correlation of two draws), ``full_mean_reliability``
   (Spearman-Brown: the expected agreement of the mean of all draws with another such mean) and
-  ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws, which for
-  draws 0, 1, 2 is exactly the package's full evaluator (``draws=3``);
+  ``spearman_proxy_full_all`` / ``spearman_low_full_all``: against the mean of all draws;
 - ``spearman_kl_step_full`` / ``spearman_low_kl_step_full``: the proxy without its trajectory term
   (masked KL at full / low fidelity plus the cached dense step term), the cheapest variant;
 - ``spearman_nelbo_full_pruning`` / ``spearman_proxy_full_pruning``: plain NELBO (and the proxy)
@@ -290,6 +287,41 @@ def variant_figures(dumped: dict[str, Any], assignments: list[str], dump: Path |
     return figures
 
 
+def extra_draw_figures(dumped: dict[str, Any], draws: int, dump: Path | None = None) -> dict[str, float]:
+    """The dump's Plans (regenerated from its seed) scored by one more full evaluator of ``draws`` draws
+    under seeds neither dumped evaluator used (``full_extra``), against the mean of the dumped
+    evaluators' draws: the self-agreement of a ``draws``-draw judge when the dump holds ``draws``
+    draws in all, and the proxy against that judge. ``dump`` receives the rows with ``full_extra``."""
+    rows, seed = dumped["rows"], int(dumped["seed"])
+    dumped_draws = full_draws(rows)
+    adapter = load_model()
+    rng = random.Random(seed)
+    plans = [random_plan(adapter, rng, dumped.get("space", "default")) for _ in rows]
+    extra = FullEvaluator(adapter, FullSettings(seed=len(dumped_draws), draws=draws))
+    defaults = ProxySettings()  # the dumped Plans' compressed models (the proxy's compressor scored them)
+    extra.compressor = PlanCompressor(adapter, None, defaults.calibration_sequences, defaults.seed)
+    start = time.perf_counter()
+    for plan, row in tqdm(list(zip(plans, rows, strict=True)), desc="extra draws", file=sys.stderr):
+        if plan.sampler.steps != row["steps"]:
+            raise ValueError(f"the dump's Plans are not those of seed {seed}: steps {row['steps']} vs "
+                             f"{plan.sampler.steps}")
+        result = extra.evaluate(plan)
+        row["full_extra"] = result.score
+        row.update({f"full_extra.{key}": value for key, value in result.metrics.items()})
+        if dump is not None:
+            dump.write_text(json.dumps({**dumped, "rows": rows}, indent=1))
+    seconds = (time.perf_counter() - start) / len(rows)
+    judge = [sum(values) / len(values) for values in zip(*dumped_draws, strict=True)]
+    extra_scores = [row["full_extra"] for row in rows]
+    return {"extra_draws": float(draws), "dumped_draws": float(len(dumped_draws)),
+            "seconds_per_plan_extra": seconds,
+            "spearman_full_extra_vs_dumped": spearman(extra_scores, judge),
+            "kendall_full_extra_vs_dumped": kendall(extra_scores, judge),
+            "spearman_proxy_full_dumped_mean": spearman([row["proxy"] for row in rows], judge),
+            "spearman_low_full_dumped_mean": spearman([row["low"] for row in rows], judge),
+            "spearman_proxy_full_extra": spearman([row["proxy"] for row in rows], extra_scores)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="6 Plans and smaller evaluators")
@@ -300,8 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--no-repeat", action="store_true",
                         help="score each Plan by one full evaluator only (no self-agreement figure; half the cost)")
     parser.add_argument("--dump", type=Path, default=None,
-                        help="write every Plan's metrics to this JSON file (with --from-dump and --full-draws: "
-                             "the dump with the draws added)")
+                        help="write every Plan's metrics to this JSON file")
     parser.add_argument("--from-dump", type=Path, nargs="+", default=None,
                         help="recompute the correlations from --dump files (several: their Plans pooled) instead of "
                              "scoring Plans")
@@ -320,6 +351,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY", "STEP_COST"),
                         default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
+    parser.add_argument("--extra-draws", type=int, default=0, metavar="N",
+                        help="with --from-dump: score the dump's Plans by one more full evaluator of N draws under "
+                             "unused seeds, against the mean of the dumped draws (self-agreement of an N-draw judge)")
     args = parser.parse_args(argv)
     if args.from_dump is not None:
         dumps = [json.loads(path.read_text()) for path in args.from_dump]
@@ -350,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 figures["weights_spearman_low_full_mean"] = spearman(low, mean)
         if args.variant:
             figures.update(variant_figures(dumped, args.variant, args.variant_dump))
+        if args.extra_draws:
+            figures.update(extra_draw_figures(dumped, args.extra_draws, args.dump))
         for name, value in figures.items():
             print(f"{name}: {value:.4f}")
         return figures

@@ -362,7 +362,7 @@ def cmd_journal_repair(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan."""
-    from dlmsearch.search import export_plan, load_study_spec, run_study
+    from dlmsearch.search import export_plan, load_study_spec, run_study, verifications
     from dlmsearch.search.results import quality_note
 
     spec = load_study_spec(_study_path("quickstart"))
@@ -378,25 +378,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"plan: {path} (trial {trial.number}: the best quality within the budget; "
           f"{quality_note(summary.study, trial)}, latency {metrics['latency_ms']:.1f} ms, "
           f"memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
-    _print_validation(spec, load_plan(path))
+    _print_validation(spec, load_plan(path), verifications(summary.study).get(trial.number))
     print(f"next: dlmsearch apply {path} --out {out / 'compressed'} && "
           f"dlmsearch generate --model {out / 'compressed'} --prompt 'ROMEO.'")
     return 0
 
 
-def _print_validation(spec: StudySpec, plan: Plan) -> None:
-    """The exported Plan measured for real beside the dense model (see :mod:`dlmsearch.search.validation`)."""
+def _print_validation(spec: StudySpec, plan: Plan, verified: Any = None) -> None:
+    """The exported Plan measured for real beside the dense model (see :mod:`dlmsearch.search.validation`);
+    its full-evaluator score is the front verification's (``verified``) when that used the same settings."""
     from dlmsearch.data import load_split
+    from dlmsearch.evaluators import FullSettings, QualityResult
     from dlmsearch.models.loading import load_model
     from dlmsearch.plan import uniform_plan
-    from dlmsearch.search.validation import validate_plan
+    from dlmsearch.search.validation import VALIDATION_FULL, validate_plan
 
     adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
     dense = uniform_plan(adapter, steps=max(spec.space.steps), gen_length=spec.generation.gen_length,
                          block_length=max(spec.space.block_lengths))
     prompt = load_split("evaluation")[:spec.generation.prompt_length]
     print("validating the exported Plan on this machine (timed beside the dense model, full evaluator)...")
-    check = validate_plan(adapter, plan, dense, prompt, spec.generation.prompt_length)
+    scored = None
+    if verified is not None and FullSettings(**verified.settings) == VALIDATION_FULL:
+        scored = QualityResult(verified.quality, verified.metrics, "full")
+    check = validate_plan(adapter, plan, dense, prompt, spec.generation.prompt_length, scored=scored)
     print(f"measured: {check.plan_ms:.0f} ms per generation vs dense {check.dense_ms:.0f} ms: "
           f"{check.speedup:.2f}x faster (measured side by side, median of 5)")
     print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "

@@ -21,8 +21,9 @@ from dlmsearch.models.adapters import DLMAdapter
 
 
 def cache_dir() -> Path:
-    """Folder of dlmsearch's caches (``$DLMSEARCH_CACHE``, default ``~/.cache/dlmsearch``)."""
-    return Path(os.environ.get("DLMSEARCH_CACHE", Path.home() / ".cache" / "dlmsearch"))
+    """Folder of dlmsearch's caches (``$DLMSEARCH_CACHE``, default ``~/.cache/dlmsearch``; an empty value
+    means the default, not the current folder)."""
+    return Path(os.environ.get("DLMSEARCH_CACHE") or Path.home() / ".cache" / "dlmsearch")
 
 
 def model_digest(adapter: DLMAdapter) -> str:

@@ -31,7 +31,7 @@ from dlmsearch.search.verification import Verification, proxy_agreement, verific
 
 logger = logging.getLogger("dlmsearch.reports.study_report")
 
-AXIS_TITLES = {"quality": "quality (proxy KL, nats; lower is better)", "latency_ms": "latency per generation (ms)",
+AXIS_TITLES = {"quality": "quality (proxy score; lower is better)", "latency_ms": "latency per generation (ms)",
                "peak_mem_bytes": "peak memory (bytes)", "latency_per_step_ms": "latency per step (ms)"}
 MAX_PLANS_IN_DROPDOWN = 30
 
@@ -302,8 +302,14 @@ def render_html(data: StudyReportData) -> str:
     rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{p.values[o]:.4g}</td>" for o in data.front.objectives)
                    + f"<td>{'' if p.verified_quality is None else f'{p.verified_quality:.4g}'}</td>"
                    + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
-    header = "".join(f"<th>{html.escape(o)}</th>" for o in data.front.objectives) + \
-        "<th>verified quality (full evaluator)</th>"
+    header = "".join(f"<th>{html.escape('quality (proxy)' if o == 'quality' else o)}</th>"
+                     for o in data.front.objectives) + "<th>verified quality (full evaluator)</th>"
+    verified = data.front.verified()
+    agreement = proxy_agreement([Verification(p.number, p.verified_quality or 0.0, p.values.get("quality", 0.0), {})
+                                 for p in verified])
+    verification = (f" Front verified by the full evaluator: {len(verified)} Plans" + (
+        f" (proxy vs verified Spearman {agreement:.2f}); <code>--pick</code> uses their verified quality."
+        if agreement is not None else "; <code>--pick</code> uses their verified quality.")) if verified else ""
     complete = len(data.front.points)
     feasible = sum(p.feasible for p in data.front.points)
     hv = data.hypervolume[-1][1] if data.hypervolume else 0.0
@@ -311,9 +317,11 @@ def render_html(data: StudyReportData) -> str:
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
             f"<h1>Study {html.escape(data.study)}</h1><p>{complete} complete trials ({feasible} feasible), "
-            f"{data.failed} failed; feasible front: {len(front)} Plans; hypervolume {hv:.4f}.</p>"
+            f"{data.failed} failed; feasible front: {len(front)} Plans; hypervolume {hv:.4f}.{verification}</p>"
             f"<h2>Feasible Pareto front</h2><table><tr><th>trial</th>{header}<th>Plan</th></tr>{rows}</table>"
-            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>.</p>"
+            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>, or the best within a "
+            "budget with <code>dlmsearch export RUN_DIR --pick 'min quality where latency_ms &lt;= 300' -o plan.json"
+            "</code>.</p>"
             + "".join(f"<div>{p}</div>" for p in parts) + "</body></html>")
 
 

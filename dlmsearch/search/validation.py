@@ -17,7 +17,7 @@ import torch
 
 from dlmsearch.compress import CalibrationSet, apply_plan_
 from dlmsearch.cost_models.measured import generate_call, time_call
-from dlmsearch.evaluators import FullEvaluator, FullSettings
+from dlmsearch.evaluators import FullEvaluator, FullSettings, QualityResult
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.sampler import generate
 from dlmsearch.plan import Plan
@@ -49,10 +49,11 @@ class PlanValidation:
 
 def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str, prompt_length: int,
                   repeats: int = 5, calibration: CalibrationSet | None = None,
-                  settings: FullSettings = VALIDATION_FULL) -> PlanValidation:
+                  settings: FullSettings = VALIDATION_FULL, scored: QualityResult | None = None) -> PlanValidation:
     """Measure ``plan`` against ``dense_plan`` on ``adapter`` (never changed): ``repeats`` timings of each,
     alternating so that drift of the machine hits both alike, the full evaluator's score of both, and
-    one generation of each from ``prompt``."""
+    one generation of each from ``prompt``. ``scored``: the Plan's full-evaluator result under
+    ``settings`` when it is known already (the front's verification), instead of scoring it again."""
     compressed = copy.deepcopy(adapter)
     apply_plan_(compressed, plan, calibration)
     runs = {"dense": generate_call(adapter, dense_plan.sampler, prompt_length),
@@ -64,7 +65,7 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
         for name, run in runs.items():
             times[name].append(time_call(adapter if name == "dense" else compressed, run) * 1e3)
     full = FullEvaluator(adapter, settings, calibration=calibration)
-    scored = full.evaluate(plan)
+    scored = scored or full.evaluate(plan)
     ids = adapter.encode(prompt)[None, :]
     texts = {}
     for name, (model, sampler) in {"dense": (adapter, dense_plan.sampler), "plan": (compressed, plan.sampler)}.items():
