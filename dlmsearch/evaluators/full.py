@@ -47,6 +47,7 @@ random draws, so their agreement is not inflated by shared noise.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import statistics
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
 from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
+from dlmsearch.evaluators.reference import cache_key, cached_tensors, model_digest
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.sampler import generate
@@ -70,6 +72,8 @@ NGRAM = 4
 AGREEMENT_WEIGHT = 0.5
 #: Offset of every seed the full evaluator draws with (the proxy draws with seeds 0-2 by default).
 FULL_SEED_OFFSET = 100
+#: Bump when a cached dense measurement changes meaning.
+DENSE_CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,24 @@ class _Measured:
     infill_accuracy: float
     nelbo: dict[str, float]  # per row kind that has rows
     diversity: dict[str, float]
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The measurement as named tensors (what the disk cache stores)."""
+        def number(value: float) -> torch.Tensor:
+            return torch.tensor([value], dtype=torch.float64)
+
+        return {"tokens": self.tokens, "infilled": self.infilled, "infill_accuracy": number(self.infill_accuracy),
+                **{f"nelbo.{k}": number(v) for k, v in self.nelbo.items()},
+                **{f"diversity.{k}": number(v) for k, v in self.diversity.items()}}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> _Measured:
+        """Read back :meth:`to_tensors`."""
+        def part(prefix: str) -> dict[str, float]:
+            return {k[len(prefix):]: float(v[0]) for k, v in tensors.items() if k.startswith(prefix)}
+
+        return cls(tensors["tokens"], tensors["infilled"], float(tensors["infill_accuracy"][0]), part("nelbo."),
+                   part("diversity."))
 
 
 def _quarter(count: int) -> int:
@@ -172,6 +194,11 @@ class FullEvaluator(BaseEvaluator):
         self.compressor = PlanCompressor(adapter, calibration, self.settings.calibration_sequences,
                                          self.settings.seed)
         self._dense_cache: dict[tuple[SamplerSettings, str, int], _Measured] = {}
+        self._digest: str | None = None
+        text = hashlib.sha256(self.windows.numpy().tobytes())
+        for prompt in self.user_prompts:
+            text.update(b"|" + prompt.numpy().tobytes())
+        self._text_digest = text.hexdigest()[:16]
 
     def _counts(self, fidelity: str) -> tuple[int, int, int]:
         s = self.settings
@@ -227,11 +254,22 @@ class FullEvaluator(BaseEvaluator):
                          {kind: distinct_ngrams(kind_rows) for kind, kind_rows in rows.items()})
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
-        """The dense model with ``sampler`` for this draw (computed once per sampler, fidelity and draw)."""
+        """The dense model with ``sampler`` for this draw: measured once per sampler, fidelity and draw, and
+        kept on disk (``$DLMSEARCH_CACHE/full_dense_references``, keyed by the model's weights, the settings
+        and the held-out text), so a later evaluator of the same model does not measure it again."""
         key = (sampler, fidelity, draw)
         if key not in self._dense_cache:
-            self._dense_cache[key] = self._measure(self.dense, sampler, fidelity, draw)
+            spec = {**dataclasses.asdict(self.settings), "sampler": dataclasses.asdict(sampler), "fidelity": fidelity,
+                    "draw": draw, "text": self._text_digest, "version": DENSE_CACHE_VERSION}
+            stored = cached_tensors("full_dense_references", cache_key(self._model_digest(), spec),
+                                    lambda: self._measure(self.dense, sampler, fidelity, draw).to_tensors())
+            self._dense_cache[key] = _Measured.from_tensors(stored)
         return self._dense_cache[key]
+
+    def _model_digest(self) -> str:
+        if self._digest is None:
+            self._digest = model_digest(self.dense)
+        return self._digest
 
     def step_cost(self, sampler: SamplerSettings, fidelity: str = "full") -> dict[str, float]:
         """What ``sampler``'s step count costs the dense model itself (Plan-independent): the step part of

@@ -3,8 +3,8 @@
 The proxy ranks Plans cheaply; the full evaluator (:class:`~dlmsearch.evaluators.FullEvaluator`: the
 real sampler with the whole Plan, generations scored by the dense model, infill) costs about 20
 times more and is the judge. After the trials :func:`verify_front` scores at most ``verify_front``
-Plans of the feasible front with it (the whole front when it is that small, else Plans evenly spaced
-along it by proxy quality) and stores each result as the study user attribute
+Plans of the feasible front with it (the whole front when it is that small, else the best by proxy
+quality and others spread along it: :func:`plans_to_verify`) and stores each result as the study user attribute
 ``dlmsearch.verified.<trial number>`` (JSON: the verified score, the full evaluator's metrics, the
 proxy's score beside it and the settings it was measured with). A finished trial's own user
 attributes cannot change in Optuna's storages (``UpdateFinishedTrialError``), hence one study
@@ -78,15 +78,20 @@ def verifications(study: optuna.Study) -> dict[int, Verification]:
 
 
 def plans_to_verify(trials: Sequence[FrozenTrial], limit: int) -> list[FrozenTrial]:
-    """The feasible front's trials to verify: all of them when at most ``limit``, else ``limit`` of them
-    evenly spaced in proxy quality order (the best and the worst included)."""
+    """The feasible front's trials to verify, in proxy quality order: all of them when at most ``limit``,
+    else the best half of ``limit`` by proxy quality (where ``--pick`` lands) and the rest spread evenly
+    over the others, the worst included (the range a user trades quality against cost over)."""
     front = sorted(feasible_front(trials), key=lambda t: (_proxy_quality(t), t.number))
     if limit <= 0 or len(front) <= limit:
         return front if limit > 0 else []
-    if limit == 1:
-        return front[:1]
-    picked = sorted({round(i * (len(front) - 1) / (limit - 1)) for i in range(limit)})
-    return [front[i] for i in picked]
+    best = limit - limit // 2
+    others, spread = front[best:], limit - best
+    if spread == 0:
+        return front[:best]
+    if spread == 1:
+        return [*front[:best], others[-1]]
+    picked = sorted({round(i * (len(others) - 1) / (spread - 1)) for i in range(spread)})
+    return [*front[:best], *(others[i] for i in picked)]
 
 
 def _proxy_quality(trial: FrozenTrial) -> float:

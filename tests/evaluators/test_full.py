@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,30 @@ def test_full_evaluator_and_proxy_windows_share_no_text() -> None:
     assert len(starts[1]) == 4 and not starts[0] & starts[1]
     with pytest.raises(ValueError, match="as many between them"):
         eval_windows(tight[:-1], 128, 4, phase=0.5)
+
+
+def test_dense_references_are_kept_on_disk_for_the_next_evaluator(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second evaluator of the same model, settings and text scores the same without running the dense
+    model again; other text is measured afresh."""
+    monkeypatch.setenv("DLMSEARCH_CACHE", str(tmp_path))
+    adapter, first = _one_draw_evaluator(rows=2)
+    plan = uniform_plan(adapter, weight_bits=2, steps=2, gen_length=8, block_length=8)
+    scored = first.evaluate(plan)
+    _, second = _one_draw_evaluator(rows=2)
+    measured: list[object] = []
+    real = second._measure
+
+    def counting(model: DLMAdapter, *args: object) -> object:
+        measured.append(model)
+        return real(model, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(second, "_measure", counting)
+    assert second.evaluate(plan) == scored
+    assert measured and all(model is not second.dense for model in measured)  # only the compressed model ran
+    ids, calib = tiny_data(adapter)
+    other = FullEvaluator(adapter, second.settings, text_ids=ids.roll(7), calibration=calib)
+    monkeypatch.setattr(other, "_measure", counting)
+    measured.clear()
+    other.evaluate(plan)
+    assert any(model is other.dense for model in measured)

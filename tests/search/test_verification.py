@@ -79,7 +79,8 @@ def study(tmp_path: Path, tiny_llama: DLMAdapter) -> optuna.Study:
 def test_plans_to_verify_spread_along_the_front(study: optuna.Study) -> None:
     trials = study.get_trials()
     assert [t.number for t in plans_to_verify(trials, 20)] == [0, 1, 2, 3, 4]
-    assert [t.number for t in plans_to_verify(trials, 3)] == [0, 2, 4]  # best, middle and worst by proxy
+    assert [t.number for t in plans_to_verify(trials, 4)] == [0, 1, 2, 4]  # the best two, then spread to the worst
+    assert [t.number for t in plans_to_verify(trials, 3)] == [0, 1, 4]
     assert [t.number for t in plans_to_verify(trials, 1)] == [0]
     assert plans_to_verify(trials, 0) == []
 
@@ -111,22 +112,23 @@ def test_verify_stores_the_full_score_beside_the_proxy_and_resume_verifies_only_
 
 
 def test_pareto_pick_and_report_use_the_verified_score(study: optuna.Study, tmp_path: Path) -> None:
-    verify_front(study, lambda: ScriptedEvaluator(distinct={1: 0.2}), limit=3, progress=False)  # trials 0, 2, 4
+    # trials 0, 1 and 4 verified; the full evaluator sees trial 1's text collapse (distinct4_ratio 0.2)
+    verify_front(study, lambda: ScriptedEvaluator(distinct={1: 0.2}), limit=3, progress=False)
     rows = front_rows(study)
-    assert [(r.number, r.verified) for r in rows] == [(0, True), (2, True), (4, True), (1, False), (3, False)]
-    assert rows[0].metrics["quality"] == FULL[0] and rows[0].proxy_quality == FRONT[0][0]
-    assert select_trial(study, pick="min quality").number == 0  # among the verified: 0.35 < 0.40 < 0.90
+    assert [(r.number, r.verified) for r in rows] == [(1, True), (0, True), (4, True), (2, False), (3, False)]
+    assert rows[1].metrics["quality"] == FULL[0] and rows[1].proxy_quality == FRONT[0][0]
+    # among the verified Plans that keep their text: 0 (0.35) before 4 (0.90); the proxy's best would be 0 too,
+    # but trial 1 (verified 0.05) only with --force
+    assert select_trial(study, pick="min quality").number == 0
+    assert select_trial(study, pick="min quality", force=True).number == 1
+    with pytest.raises(DegenerateTextError, match="distinct4_ratio 0.200"):
+        export_plan(study, tmp_path / "plan.json", number=1)
+    # verified trial 4 (latency 10) beats unverified trial 2 (proxy 0.30, latency 50) under a latency condition
+    assert select_trial(study, pick="min quality where latency_ms <= 60").number == 4
     # no verified Plan meets the condition: the proxy decides among all feasible Plans
     assert select_trial(study, pick="min quality where latency_ms <= 35 and latency_ms >= 20").number == 3
     html = render_html(study_report_data(study))
-    assert "front verification: proxy vs full evaluator, 3 front Plans (Spearman 1.00)" in html
-
-    verify_front(study, lambda: ScriptedEvaluator(distinct={1: 0.2}), limit=5, progress=False)
-    # trial 1 is now the best verified Plan, but the full evaluator saw its text collapse
-    with pytest.raises(DegenerateTextError, match="distinct4_ratio 0.200"):
-        export_plan(study, tmp_path / "plan.json", number=1)
-    assert select_trial(study, pick="min quality").number == 0
-    assert select_trial(study, pick="min quality", force=True).number == 1
+    assert "front verification: proxy vs full evaluator, 3 front Plans (Spearman 0.50)" in html
 
 
 def test_a_failed_verification_leaves_the_trial_unverified_and_the_claim_released(study: optuna.Study) -> None:
