@@ -1,9 +1,9 @@
 """The search: study specs, the Optuna runner, baselines, Pareto fronts and exporting a Plan."""
 
-from dlmsearch.search.spec import StudySpec, StudySpecError, load_study_spec, spec_from_dict  # noqa: I001 (first)
 from dlmsearch.search.pareto import feasible_front, hypervolume, parse_pick
 from dlmsearch.search.results import export_plan, front_rows, open_study
 from dlmsearch.search.runner import RunSummary, run_study
+from dlmsearch.search.spec import StudySpec, StudySpecError, load_study_spec, spec_from_dict
 from dlmsearch.search.storage import StorageError, open_storage
 from dlmsearch.search.verification import Verification, verifications, verify_front
 

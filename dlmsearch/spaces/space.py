@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -35,7 +35,9 @@ from dlmsearch.compress.apply import realizable_ratio
 from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
 from dlmsearch.models.sampler import check_sampler_settings
 from dlmsearch.plan import STRUCTURE_ROLES, LayerPlan, ModelRef, Plan, SamplerSettings
-from dlmsearch.search.spec import GenerationSpec, SpaceSpec
+
+if TYPE_CHECKING:  # the spec module imports nothing of this one, but dlmsearch.search's package does
+    from dlmsearch.search.spec import GenerationSpec, SpaceSpec
 
 
 class SearchSpaceError(ValueError):
