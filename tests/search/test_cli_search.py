@@ -99,22 +99,29 @@ def test_sigterm_mid_trial_fails_the_trial_and_exits_non_zero(spec_file: Path, t
     spec = yaml.safe_load(spec_file.read_text())
     spec_file.write_text(yaml.safe_dump({**spec, "n_trials": 50}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dlmsearch.cli", "run", str(spec_file), "--out", str(run_dir),
-                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if (run_dir / "journal.log").exists():
-            trials = open_study(run_dir).get_trials()
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and any(
-                    t.state == optuna.trial.TrialState.RUNNING for t in trials):
-                break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "marked FAIL" in err and "Traceback" not in err
-    states = [t.state for t in open_study(run_dir).get_trials()]
-    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
+    # a signal can land between two trials (milliseconds of bookkeeping, longer on a loaded machine), where
+    # nothing is running to fail: then the run is resumed and signalled again
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "dlmsearch.cli", "run", str(spec_file), "--out",
+                                 str(run_dir), "--threads", "1"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if (run_dir / "journal.log").exists():
+                trials = open_study(run_dir).get_trials()
+                if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and any(
+                        t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                    break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        states = [t.state for t in open_study(run_dir).get_trials()]
+        assert optuna.trial.TrialState.RUNNING not in states
+        if "marked FAIL" in err:
+            break
+    assert "marked FAIL" in err and optuna.trial.TrialState.FAIL in states
     assert not list(run_dir.glob("*.lock"))
 
 
