@@ -65,6 +65,12 @@ class FrontData:
         """The points the full evaluator verified, sorted by trial number."""
         return [p for p in self.points if p.verified_quality is not None]
 
+    def proxy_agreement(self) -> float | None:
+        """Spearman of proxy and verified quality over :meth:`verified` (see
+        :func:`~dlmsearch.search.verification.proxy_agreement`)."""
+        return proxy_agreement([Verification(p.number, p.verified_quality or 0.0, p.values.get("quality", 0.0), {})
+                                for p in self.verified()])
+
 
 @dataclass(frozen=True)
 class PlanLayout:
@@ -224,8 +230,7 @@ def verification_figure(data: FrontData) -> Any | None:
     if not points or "quality" not in data.objectives:
         return None
     go = _plotly()
-    agreement = proxy_agreement([Verification(p.number, p.verified_quality or 0.0, p.values["quality"], {})
-                                 for p in points])
+    agreement = data.proxy_agreement()
     rank = f"Spearman {agreement:.2f}" if agreement is not None else "too few distinct Plans for a rank correlation"
     fig = go.Figure(go.Scatter(x=[p.values["quality"] for p in points], y=[p.verified_quality for p in points],
                                mode="markers+text", text=[str(p.number) for p in points], textposition="top center",
@@ -305,8 +310,7 @@ def render_html(data: StudyReportData) -> str:
     header = "".join(f"<th>{html.escape('quality (proxy)' if o == 'quality' else o)}</th>"
                      for o in data.front.objectives) + "<th>verified quality (full evaluator)</th>"
     verified = data.front.verified()
-    agreement = proxy_agreement([Verification(p.number, p.verified_quality or 0.0, p.values.get("quality", 0.0), {})
-                                 for p in verified])
+    agreement = data.front.proxy_agreement()
     verification = (f" Front verified by the full evaluator: {len(verified)} Plans" + (
         f" (proxy vs verified Spearman {agreement:.2f}); <code>--pick</code> uses their verified quality."
         if agreement is not None else "; <code>--pick</code> uses their verified quality.")) if verified else ""

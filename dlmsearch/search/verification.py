@@ -116,7 +116,7 @@ def verify_front(study: optuna.Study, make_evaluator: Callable[[], BaseEvaluator
     fails on is logged and left unverified."""
     settings = dict(settings or {})
     targets = plans_to_verify(study.get_trials(deepcopy=False), limit)
-    done = {n: v for n, v in verifications(study).items() if v.settings == settings}
+    done = _current(study, settings)
     reused = sum(t.number in done for t in targets)
     pending = [t for t in targets if t.number not in done]
     evaluator: BaseEvaluator | None = None
@@ -126,8 +126,9 @@ def verify_front(study: optuna.Study, make_evaluator: Callable[[], BaseEvaluator
     with bar:
         while pending:
             waiting = []
+            verified_now = _current(study, settings)  # by other workers since the last pass
             for trial in pending:
-                if trial.number in _current(study, settings):
+                if trial.number in verified_now:
                     bar.update(1)
                     continue
                 claim = _claim(study, trial.number)
