@@ -15,6 +15,12 @@ embedded model, at group size 64:
   uniformly, over masked states of held-out windows (4 stratified mask rates each, seeded masks);
 - ``nelbo_<storage>_w<b>`` beside ``nelbo_dense``: masked-diffusion NELBO on the same windows.
 
+And the int8 CPU format against the simulated one, every linear W8A8 at group size 64:
+``kl_w8a8_simulated`` / ``nelbo_w8a8_simulated`` (the Plan's own scheme, dequantize-then-matmul
+with per-token 8-bit activations, what the evaluators score) and ``kl_w8a8_fbgemm`` /
+``nelbo_w8a8_fbgemm`` (fbgemm's dynamic int8, what ``apply_plan_`` runs on a CPU: weights
+requantized symmetric per channel, activations per tensor).
+
 Printed last as ``name: value`` lines (progress goes to stderr).
 """
 
@@ -90,6 +96,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             apply_plan_(model, uniform_plan(model, weight_bits=bits, group_size=GROUP_SIZE, weight_storage=storage))
             figures[f"kl_{storage}_w{bits}"] = masked_kl(reference, model, states)
             figures[f"nelbo_{storage}_w{bits}"] = evaluate_nelbo(model.forward_logits, windows, model.mask_token_id)
+    for fmt, use_kernels in (("simulated", False), ("fbgemm", None)):
+        model = load_model()
+        apply_plan_(model, uniform_plan(model, weight_bits=8, act_bits=8, group_size=GROUP_SIZE),
+                    use_kernels=use_kernels)
+        figures[f"kl_w8a8_{fmt}"] = masked_kl(reference, model, states)
+        figures[f"nelbo_w8a8_{fmt}"] = evaluate_nelbo(model.forward_logits, windows, model.mask_token_id)
     for name, value in figures.items():
         print(f"{name}: {value:.5f}")
     return figures

@@ -145,7 +145,7 @@ def _pruned_weight(linear: nn.Linear, lp: LayerPlan, stats: LinearInputStats | N
 
 
 def _replacement(linear: nn.Linear, weight: torch.Tensor, lp: LayerPlan, plan: Plan,
-                 hessian: torch.Tensor | None, use_kernels: bool) -> nn.Module | None:
+                 hessian: torch.Tensor | None, use_kernels: bool | None) -> nn.Module | None:
     """The module that takes ``linear``'s place, or None when it stays as it is."""
     quantized = any(b < 16 for b in lp.weight_bits) or any(b < 16 for b in lp.act_bits)
     if not quantized:
@@ -218,13 +218,6 @@ def _touched_modules(adapter: DLMAdapter, plan: Plan) -> Iterator[tuple[str, nn.
         yield parent, adapter.get_module(parent)
 
 
-def default_use_kernels(device: torch.device) -> bool:
-    """Real low-bit kernels by default on CUDA only: on CPU torch's weight-only int8/int4 kernels
-    are slower than fp32 at the token counts of a DLM step (bench/compress_speed.py), so the
-    dequantized weight (cached per bit-width) is the faster path there."""
-    return device.type == "cuda"
-
-
 def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None = None,
                 use_kernels: bool | None = None, statistics: CalibrationStatistics | None = None
                 ) -> CompressionRecord:
@@ -233,8 +226,10 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     Validates the Plan against the model first (:class:`~dlmsearch.plan.PlanValidationError`
     listing every mismatch). ``calibration`` feeds Wanda, sink-aware Wanda and GPTQ; by default
     the calibration plays of the shipped corpus are used. ``use_kernels`` chooses real low-bit
-    kernels over dequantize-then-matmul (default: :func:`default_use_kernels` for the model's
-    device); each quantized layer reports which one it runs. ``statistics`` precomputed on this
+    kernels over dequantize-then-matmul (:func:`~dlmsearch.compress.kernels.kernels_for`): by
+    default those faster than a float matmul on the model's device -- fbgemm's dynamic int8 for
+    W8A8 layers on CPUs, every kernel on CUDA; ``True`` all, ``False`` none. Each quantized layer
+    reports which one it runs. ``statistics`` precomputed on this
     (dense) model are used when they cover the Plan. On any error the model is left exactly
     as it was. The record is also kept as ``adapter.compression`` for :func:`save_compressed`.
     """
@@ -242,8 +237,6 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     if adapter.compression is not None:
         raise ValueError(f"model {adapter.name!r} is already compressed; load the original model to apply "
                          "another Plan")
-    if use_kernels is None:
-        use_kernels = default_use_kernels(adapter.device)
     infos = {info.name: info for info in adapter.linears()}
     stats_all = _calibration_statistics(adapter, plan, calibration, statistics)
     by_method, hessian_stats = stats_all.by_method, stats_all.hessians

@@ -18,14 +18,21 @@ rounding:
   ``torch._int_mm`` (int32 accumulation), zero points corrected with the activation code sums.
   CUDA needs more than 16 rows (inputs are padded) and ``K, N`` multiples of 8.
 
-Real is not fast everywhere: on an AVX2-only CPU these three are several times slower than a
-float32 matmul (``bench/compress_speed.py`` measures it), so quality studies on such a machine
-simulate instead (``QuantizedLinear(use_kernels=False)``).
+- ``int8_fbgemm`` (W8A8, CPU): fbgemm's dynamic int8 linear (``quantized::linear_dynamic``, the op
+  behind ``torch.ao.quantization.quantize_dynamic``). Its own format: the layer's 8-bit weight is
+  requantized *symmetric per output channel* and activations are quantized *per tensor*
+  (asymmetric uint8; 7-bit on CPUs without VNNI, where the kernel's int16 pair sums would
+  saturate), not the Plan's per-token scheme. :func:`fbgemm_reference` computes it in float,
+  and ``bench/nested_quality.py`` measures its KL and NELBO against the simulated format.
 
-Two more kernels serve benchmarks, not :class:`QuantizedLinear`: :func:`bf16_linear` and
-:func:`fbgemm_dynamic_linear` (the ``quantized::linear_dynamic`` op behind
-``torch.ao.quantization.quantize_dynamic``; fast on x86 but it quantizes activations per tensor
-and weights symmetrically, which is not the Plan's per-token scheme).
+Real is not fast everywhere (``bench/compress_speed.py``): on CPUs ``int8_fbgemm`` runs a DLM
+step's token counts at 0.1-0.8 of float32's time, while the other three are several times slower
+than a float32 matmul; on CUDA it is the reverse. Each kernel names the device types it is fast
+on (:attr:`Kernel.fast_on`), and :func:`kernels_for` is the one place that turns a ``use_kernels``
+setting into the kernels that run: ``None`` (``apply_plan_``'s default) the fast ones, ``True``
+every available one, ``False`` none (dequantize-then-matmul, ``simulated``).
+
+:func:`bf16_linear` serves benchmarks only.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ logger = logging.getLogger("dlmsearch.compress.kernels")
 INT8_WEIGHT_ONLY = "int8_weight_only"
 INT4_WEIGHT_ONLY = "int4_weight_only"
 INT8_DYNAMIC = "int8_dynamic"
+INT8_FBGEMM = "int8_fbgemm"
 #: Input dtypes every kernel here accepts (others fall back to dequantize-then-matmul).
 KERNEL_INPUT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
 #: Group sizes the tinygemm int4 kernels accept, largest first.
@@ -173,31 +181,87 @@ def int8_dynamic_linear(x: torch.Tensor, w: Int8DynamicWeights) -> torch.Tensor:
     return out.to(x.dtype)
 
 
+# ---------------------------------------------------------------- int8 fbgemm (W8A8 on CPU)
+
+
+@dataclass(frozen=True)
+class FbgemmInt8Weights:
+    """``quantized::linear_dynamic`` operand: the prepacked per-channel symmetric qint8 weight."""
+
+    packed: Any
+    reduce_range: bool  # 7-bit activations: the CPU has no VNNI (see :func:`fbgemm_full_range`)
+
+
+def symmetric_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes in ``[-127, 127]`` and float64 per-row scales ``absmax / 127`` of a float weight."""
+    scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).to(torch.float64)
+    codes = torch.round(weight.double() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scale
+
+
+def pack_int8_fbgemm(qw: QuantizedWeight, dtype: torch.dtype) -> FbgemmInt8Weights:
+    """Requantize an 8-bit weight symmetric per channel and prepack it for fbgemm (CPU only)."""
+    _require(qw.bits == 8, "int8 fbgemm needs 8-bit weights")
+    codes, scale = symmetric_per_channel(qw.dequantize().cpu())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated; the op still ships
+        qweight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros_like(scale, dtype=torch.int64), 0)
+        return FbgemmInt8Weights(torch.ops.quantized.linear_prepack(qweight, None), not fbgemm_full_range())
+
+
+def int8_fbgemm_linear(x: torch.Tensor, w: FbgemmInt8Weights) -> torch.Tensor:
+    """``x (M, K) @ W^T`` with fbgemm's dynamic int8 linear (per-tensor activations, int32 accumulation)."""
+    out = torch.ops.quantized.linear_dynamic(x.float().contiguous(), w.packed, w.reduce_range)
+    return out.to(x.dtype)
+
+
+def per_tensor_activations(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
+    """``x`` fake-quantized as fbgemm's dynamic linear does: one asymmetric uint8 grid over the
+    tensor's range widened to include 0 (``[0, 127]`` with ``reduce_range``)."""
+    qmax = 127 if reduce_range else 255
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / qmax if high > low else 1.0
+    zero = min(max(round(-low / scale), 0), qmax)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, qmax) - zero) * scale
+
+
+def fbgemm_reference(x: torch.Tensor, qw: QuantizedWeight, reduce_range: bool | None = None) -> torch.Tensor:
+    """What :func:`int8_fbgemm_linear` computes, in float: per-tensor activations times the
+    symmetric per-channel requantization of ``qw`` (``reduce_range`` defaults to this CPU's)."""
+    if reduce_range is None:
+        reduce_range = not fbgemm_full_range()
+    codes, scale = symmetric_per_channel(qw.dequantize().cpu())
+    weight = (codes.double() * scale[:, None]).float().to(x.device)
+    return per_tensor_activations(x.float(), reduce_range) @ weight.t()
+
+
+@functools.cache
+def fbgemm_full_range() -> bool:
+    """True when fbgemm's dynamic linear takes full-range uint8 activations without saturating.
+
+    CPUs without VNNI multiply uint8 x int8 in int16 pair sums, which overflow at full range; the
+    probe makes every pair sum 2 * 255 * 127 and checks the result against exact arithmetic.
+    """
+    x = torch.full((2, 64), 1.0)
+    x[:, 0] = 0.0  # the range starts at 0, so every other entry gets code 255
+    weight = torch.full((8, 64), 1.0)
+    try:
+        codes, scale = symmetric_per_channel(weight)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(8, dtype=torch.int64), 0)
+            out = torch.ops.quantized.linear_dynamic(x, torch.ops.quantized.linear_prepack(qweight, None), False)
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
+    return bool(torch.allclose(out, torch.full_like(out, 63.0), rtol=1e-3))
+
+
 # ---------------------------------------------------------------- benchmark-only kernels
 
 
 def bf16_linear(x: torch.Tensor, weight_bf16: torch.Tensor) -> torch.Tensor:
     """``x @ W^T`` computed in bfloat16 (``weight_bf16`` already converted), returned in ``x``'s dtype."""
     return F.linear(x.to(torch.bfloat16), weight_bf16).to(x.dtype)
-
-
-def pack_fbgemm_dynamic(weight: torch.Tensor) -> Any:
-    """``quantize_dynamic``'s weight format: symmetric per-channel qint8, prepacked for fbgemm/onednn."""
-    scale = (weight.detach().abs().amax(dim=1) / 127).clamp_min(1e-12).to(torch.float64)
-    zero_points = torch.zeros(weight.shape[0], dtype=torch.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated, the op still ships
-        qweight = torch.quantize_per_channel(weight.detach().float().cpu(), scale, zero_points, 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(qweight, None)
-
-
-def fbgemm_dynamic_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:
-    """``quantized::linear_dynamic``: per-tensor uint8 activations x int8 weights (CPU only).
-
-    ``reduce_range=True`` (7-bit activations) as ``quantize_dynamic`` passes it: without VNNI the
-    x86 kernel multiplies in saturating int16 pairs, and full-range activations overflow.
-    """
-    return torch.ops.quantized.linear_dynamic(x, packed, True)
 
 
 # ---------------------------------------------------------------- registry and probes
@@ -207,7 +271,9 @@ def fbgemm_dynamic_linear(x: torch.Tensor, packed: Any) -> torch.Tensor:
 class Kernel:
     """A real kernel for ``QuantizedLinear``: which formats it takes and how to run it.
 
-    ``act_bits`` is 16 for weight-only kernels and 8 for W8A8 (the kernel quantizes activations).
+    ``act_bits`` is 16 for weight-only kernels and 8 for W8A8 (the kernel quantizes activations);
+    ``fast_on`` names the device types where it beats a float matmul at a DLM step's token counts;
+    ``reference`` computes in float what the kernel computes (the probe checks the kernel against it).
     """
 
     name: str
@@ -216,6 +282,8 @@ class Kernel:
     supports: Callable[[int, int, int, torch.device], bool]  # (out_features, in_features, group_size, device)
     pack: Callable[[QuantizedWeight, torch.dtype], Any]
     linear: Callable[[torch.Tensor, Any], torch.Tensor]
+    fast_on: frozenset[str]
+    reference: Callable[[torch.Tensor, QuantizedWeight], torch.Tensor]
 
 
 def _per_channel(out_features: int, in_features: int, group_size: int, device: torch.device) -> bool:
@@ -227,13 +295,35 @@ def _int8_dynamic_supported(out_features: int, in_features: int, group_size: int
     return shapes_ok and _per_channel(out_features, in_features, group_size, device)
 
 
+def _on_cpu(out_features: int, in_features: int, group_size: int, device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
+def _dequantize_reference(act_bits: int) -> Callable[[torch.Tensor, QuantizedWeight], torch.Tensor]:
+    return lambda x, qw: quantize_activations(x, act_bits) @ qw.dequantize().to(x.device).t()
+
+
+_CUDA = frozenset({"cuda"})
 KERNELS: dict[str, Kernel] = {
-    INT8_DYNAMIC: Kernel(INT8_DYNAMIC, (8,), 8, _int8_dynamic_supported, pack_int8_dynamic, int8_dynamic_linear),
+    INT8_FBGEMM: Kernel(INT8_FBGEMM, (8,), 8, _on_cpu, pack_int8_fbgemm, int8_fbgemm_linear, frozenset({"cpu"}),
+                        fbgemm_reference),
+    INT8_DYNAMIC: Kernel(INT8_DYNAMIC, (8,), 8, _int8_dynamic_supported, pack_int8_dynamic, int8_dynamic_linear,
+                         _CUDA, _dequantize_reference(8)),
     INT8_WEIGHT_ONLY: Kernel(INT8_WEIGHT_ONLY, (8,), 16, _per_channel, pack_int8_weight_only,
-                             int8_weight_only_linear),
+                             int8_weight_only_linear, _CUDA, _dequantize_reference(16)),
     INT4_WEIGHT_ONLY: Kernel(INT4_WEIGHT_ONLY, (2, 3, 4), 16, _int4_supported, pack_int4_weight_only,
-                             int4_weight_only_linear),
+                             int4_weight_only_linear, _CUDA, _dequantize_reference(16)),
 }
+
+
+def kernels_for(device_type: str, use_kernels: bool | None) -> frozenset[str]:
+    """Names of the kernels a ``use_kernels`` setting lets run on ``device_type`` (if available there).
+
+    ``None``: those fast on the device (:attr:`Kernel.fast_on`); ``True``: all; ``False``: none.
+    """
+    if use_kernels is None:
+        return frozenset(name for name, kernel in KERNELS.items() if device_type in kernel.fast_on)
+    return frozenset(KERNELS) if use_kernels else frozenset()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -267,7 +357,7 @@ def _probe(name: str, device_key: str) -> bool:
     except (RuntimeError, NotImplementedError, AttributeError, ValueError) as exc:
         logger.debug("kernel %s unavailable on %s: %s", name, device_key, exc)
         return False
-    reference = quantize_activations(x, kernel.act_bits) @ qw.dequantize().t()
+    reference = kernel.reference(x, qw)
     error = float((out.float() - reference).abs().max())
     ok = error <= 3e-2 * float(reference.abs().max())
     if not ok:
@@ -277,16 +367,20 @@ def _probe(name: str, device_key: str) -> bool:
 
 
 def select_kernel(bits: int, act_bits: int, group_size: int, out_features: int, in_features: int,
-                  device: torch.device | str, dtype: torch.dtype = torch.float32) -> Kernel | None:
+                  device: torch.device | str, dtype: torch.dtype = torch.float32,
+                  use_kernels: bool | None = True) -> Kernel | None:
     """The real kernel for this weight format, device and input dtype, or None (dequantize-then-matmul).
 
-    A kernel that also quantizes activations (W8A8) is preferred when ``act_bits`` matches;
-    otherwise a weight-only kernel is returned and the caller fake-quantizes activations itself.
+    Only kernels :func:`kernels_for` allows under ``use_kernels`` are considered. A kernel that
+    also quantizes activations (W8A8) is preferred when ``act_bits`` matches, then one fast on
+    the device; a weight-only kernel leaves the caller to fake-quantize activations itself.
     """
     device = torch.device(device)
     if dtype not in KERNEL_INPUT_DTYPES:
         return None
-    candidates = sorted(KERNELS.values(), key=lambda k: k.act_bits != act_bits)
+    allowed = kernels_for(device.type, use_kernels)
+    candidates = sorted((k for k in KERNELS.values() if k.name in allowed),
+                        key=lambda k: (k.act_bits != act_bits, device.type not in k.fast_on))
     for kernel in candidates:
         if kernel.act_bits not in (16, act_bits) or bits not in kernel.weight_bits:
             continue

@@ -131,8 +131,9 @@ class QuantizedLinear(nn.Module):
 
     Build it with :meth:`from_linear`. The group used by a forward pass is, in order: the
     ``active_group`` attribute when set (see :func:`force_timestep_group`), else the group of the
-    sampler's current step, else group 0. ``use_kernels=False`` always simulates (on CPUs without
-    fast low-bit kernels the cached dequantized weight is the quicker path for quality studies).
+    sampler's current step, else group 0. ``use_kernels`` picks the real kernels it may run
+    (:func:`~dlmsearch.compress.kernels.kernels_for`): ``None`` (the default) those fast on the
+    input's device, ``True`` every available one, ``False`` none (always simulate).
     Buffers are not part of ``state_dict()``; save with :meth:`state_tensors`.
     """
 
@@ -141,7 +142,7 @@ class QuantizedLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, config: QuantConfig,
                  weights: Mapping[int, QuantizedWeight], weight16: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, use_kernels: bool = True) -> None:
+                 bias: torch.Tensor | None = None, use_kernels: bool | None = None) -> None:
         super().__init__()
         expected = config.stored_bits
         if tuple(sorted(weights)) != expected:
@@ -168,7 +169,7 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None,
-                    use_kernels: bool = True) -> QuantizedLinear:
+                    use_kernels: bool | None = None) -> QuantizedLinear:
         """Quantize ``linear``'s weight as ``config`` says (GPTQ needs the layer's ``hessian``)."""
         weight = linear.weight.detach()
         weights = quantize_weights(weight, config, hessian)
@@ -233,10 +234,10 @@ class QuantizedLinear(nn.Module):
         return self.weight16.dtype if self.weight16 is not None else torch.float32
 
     def _kernel(self, bits: int, act_bits: int, device: torch.device, dtype: torch.dtype) -> Kernel | None:
-        if not self.use_kernels or bits == 16:
+        if bits == 16:
             return None
         return select_kernel(bits, act_bits, self.config.group_size, self.out_features, self.in_features,
-                             device, dtype)
+                             device, dtype, self.use_kernels)
 
     def kernel_for(self, bits: int, act_bits: int = 16) -> str:
         """Name of what computes a ``bits``-weight, ``act_bits``-activation matmul on this device.
@@ -336,7 +337,13 @@ class QuantizedLinear(nn.Module):
                                                           for key in ("packed", "scale", "zero", "meta")})
                    for bits in config.stored_bits}
         return cls(int(metadata["in_features"]), int(metadata["out_features"]), config, weights,
-                   tensors.get("weight16"), tensors.get("bias"), bool(metadata["use_kernels"]))
+                   tensors.get("weight16"), tensors.get("bias"), _use_kernels(metadata.get("use_kernels")))
+
+
+def _use_kernels(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"use_kernels: {value!r} is not allowed; allowed: true, false or null")
+    return value
 
 
 @contextlib.contextmanager

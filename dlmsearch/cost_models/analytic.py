@@ -7,12 +7,12 @@ processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per 
     bytes = K * N * weight_bits / 8 + scales + M * K * act_bytes + M * N * dense_bytes
     time  = max(FLOPs / (eta_c(M) * peak[compute dtype]), bytes / (eta_m(M) * bandwidth)) + launch
 
-(the roofline of RESEARCH.md; Williams et al. 2009). Whether real kernels run at all is
-:func:`kernels_run`: ``apply_plan_``'s own default (:func:`dlmsearch.compress.apply.default_use_kernels`,
-the one place that decides it) for the target's device type -- real kernels on CUDA, none on CPUs,
-where every quantized weight runs ``simulated`` -- unless ``use_kernels`` says otherwise. Where
-kernels run, which format runs follows :func:`dlmsearch.compress.kernels.select_kernel`, restated
-over arrays: W8A8 runs the
+(the roofline of RESEARCH.md; Williams et al. 2009). Which real kernels may run is
+:func:`kernels_that_run`: the target's listed kernels that ``apply_plan_``'s ``use_kernels`` allows
+on its device type (:func:`dlmsearch.compress.kernels.kernels_for`, the one place that decides
+it: by default those fast there -- every kernel on CUDA, ``int8_fbgemm`` on CPUs). Which format
+runs follows :func:`dlmsearch.compress.kernels.select_kernel`, restated over arrays: on CPUs W8A8
+runs ``int8_fbgemm`` (int8 peak, any group size: it requantizes per channel); W8A8 runs the
 ``int8_dynamic`` kernel (int8 peak, 1-byte activations) when the weight is 8-bit *per channel*;
 other 8-bit per-channel weights run ``int8_weight_only``; 2/3/4-bit weights whose group is a
 multiple of 32 (and ``N % 16 == 0`` on CPUs, ``N % 8 == 0`` and ``K % 32 == 0`` on GPUs) run
@@ -47,14 +47,13 @@ at the peak layer, and fp32 logits and probabilities. The plain sampler keeps no
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
+from dlmsearch.compress.kernels import kernels_for
 from dlmsearch.cost_models.base import BaseCostModel, CostResult
 from dlmsearch.cost_models.hardware_spec import HardwareSpec
 from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
@@ -67,9 +66,13 @@ FAKE_QUANT_PASSES = 4  # absmax, divide+round, clamp, rescale: read+write passes
 TINYGEMM_GROUPS = (256, 128, 64, 32)  # group sizes the int4 kernels take (compress.kernels)
 _STRUCTURES = {"unstructured": 0, "2:4": 1, "heads": 2, "channels": 3}
 #: Format codes of a linear in one timestep group: dense (the model's dtype) or a real kernel.
-DENSE, INT8_DYNAMIC, INT8_WEIGHT_ONLY, INT4_WEIGHT_ONLY, SIMULATED = 0, 1, 2, 3, 4
+DENSE, INT8_DYNAMIC, INT8_WEIGHT_ONLY, INT4_WEIGHT_ONLY, SIMULATED, INT8_FBGEMM = 0, 1, 2, 3, 4, 5
 KERNEL_FORMATS = {INT8_DYNAMIC: "int8_dynamic", INT8_WEIGHT_ONLY: "int8_weight_only",
-                  INT4_WEIGHT_ONLY: "int4_weight_only", SIMULATED: "simulated"}
+                  INT4_WEIGHT_ONLY: "int4_weight_only", SIMULATED: "simulated", INT8_FBGEMM: "int8_fbgemm"}
+#: Formats whose kernel quantizes its own activations (int8 peak, no fake-quant passes).
+_W8A8 = (INT8_DYNAMIC, INT8_FBGEMM)
+#: Kernels a spec may list that only this model prices (no QuantizedLinear path): CUDA kernels.
+_PRICED_ONLY = frozenset({"fp8", "sparse_2_4"})
 #: Framework calls per step part, each paying ``launch_overhead_s`` (eager PyTorch / HF Llama block:
 #: two RMSNorms of ~7 ops, rotary embedding ~12, reshapes, residual adds, SiLU and product).
 ATTENTION_LAUNCHES_PER_LAYER = 4  # repeat_kv / transpose / SDPA / reshape
@@ -122,22 +125,20 @@ def target_device_type(hw: HardwareSpec) -> str:
     return "cuda" if hw.kind == "gpu" else "cpu"
 
 
-@functools.cache
-def _default_use_kernels(device_type: str) -> bool:
-    from dlmsearch.compress.apply import default_use_kernels
+def kernels_that_run(hw: HardwareSpec, use_kernels: bool | None = None) -> frozenset[str]:
+    """The real kernels quantized layers may run on ``hw``: those the spec lists that ``use_kernels``
+    (as given to ``apply_plan_``) allows on the target's device type.
 
-    return default_use_kernels(torch.device(device_type))
-
-
-def kernels_run(hw: HardwareSpec, use_kernels: bool | None = None) -> bool:
-    """Whether quantized layers run real low-bit kernels on ``hw`` (those the spec lists).
-
-    ``use_kernels`` as given to ``apply_plan_``; None is its default, decided in one place,
-    :func:`dlmsearch.compress.apply.default_use_kernels` for the target's device type: real kernels
-    on CUDA, dequantize-then-matmul (format ``simulated``) on CPUs, where torch's int8 / int4
-    weight-only kernels are many times slower than a float32 matmul at a DLM step's token counts.
+    None, the default, is decided in one place, :func:`dlmsearch.compress.kernels.kernels_for`:
+    the kernels fast on the device type (every one on CUDA; on CPUs only ``int8_fbgemm``: torch's
+    int8 / int4 weight-only kernels there are many times slower than a float32 matmul at a DLM
+    step's token counts, so those layers run dequantize-then-matmul, format ``simulated``).
     """
-    return _default_use_kernels(target_device_type(hw)) if use_kernels is None else use_kernels
+    device_type = target_device_type(hw)
+    allowed = kernels_for(device_type, use_kernels)
+    if use_kernels or (use_kernels is None and device_type == "cuda"):
+        allowed |= _PRICED_ONLY
+    return allowed & frozenset(hw.kernels)
 
 
 def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
@@ -160,9 +161,10 @@ class AnalyticCostModel(BaseCostModel):
     ``dense_dtype`` is the dtype the model runs in: it sets dense bytes and the dense peak; None
     (the default) takes :func:`default_dense_dtype` of the target (``fp32`` on a CPU, where
     ``load_model`` keeps float32 and bf16 matmuls are emulated, ``bf16`` on accelerators).
-    ``use_kernels`` says whether quantized layers run real low-bit kernels; None (the default)
-    takes the decision ``apply_plan_`` makes by default on the target (:func:`kernels_run`):
-    real kernels on CUDA, dequantize-then-matmul (``simulated``) on CPUs. ``layout`` is ``"packed"`` or
+    ``use_kernels`` says which real low-bit kernels quantized layers run; None (the default)
+    takes the decision ``apply_plan_`` makes by default on the target (:func:`kernels_that_run`):
+    every kernel on CUDA, fbgemm's int8 for W8A8 on CPUs, dequantize-then-matmul (``simulated``)
+    for the rest. ``layout`` is ``"packed"`` or
     ``"runtime"`` (see :data:`LAYOUTS`).
     """
 
@@ -254,17 +256,19 @@ class AnalyticCostModel(BaseCostModel):
         k, n = self._effective_shapes(a)
         wb, ab = a.weight_bits, a.act_bits
         per_channel = a.per_channel[:, :, None]
-        kernels = kernels_run(hw, self.use_kernels)
-        has = {name: kernels and hw.has_kernel(name) for name in ("int8_dynamic", "int8_weight_only",
-                                                                  "int4_weight_only")}
-        int8_dynamic = (wb == 8) & (ab == 8) & per_channel & has["int8_dynamic"]
-        int8_weight_only = (wb == 8) & ~int8_dynamic & per_channel & has["int8_weight_only"]
+        runs = kernels_that_run(hw, self.use_kernels)
+        has = {name: name in runs for name in ("int8_fbgemm", "int8_dynamic", "int8_weight_only",
+                                               "int4_weight_only")}
+        int8_fbgemm = (wb == 8) & (ab == 8) & (has["int8_fbgemm"] and hw.kind == "cpu")
+        int8_dynamic = (wb == 8) & (ab == 8) & ~int8_fbgemm & per_channel & has["int8_dynamic"]
+        int8_weight_only = (wb == 8) & ~int8_dynamic & ~int8_fbgemm & per_channel & has["int8_weight_only"]
         span_ok = (a.group_size % TINYGEMM_GROUPS[-1] == 0)
         shape_ok = (n % 16 == 0) if hw.kind == "cpu" else (n % 8 == 0) & (k % 32 == 0)
         int4 = (wb <= 4) & (span_ok & shape_ok)[:, :, None] & has["int4_weight_only"]
         quantized = (wb < 16) | (ab < 16)  # a QuantizedLinear: without a kernel it dequantizes (simulates)
-        return np.where(int8_dynamic, INT8_DYNAMIC, np.where(int8_weight_only, INT8_WEIGHT_ONLY, np.where(
-            int4, INT4_WEIGHT_ONLY, np.where(quantized, SIMULATED, DENSE))))
+        return np.where(int8_fbgemm, INT8_FBGEMM, np.where(int8_dynamic, INT8_DYNAMIC, np.where(
+            int8_weight_only, INT8_WEIGHT_ONLY, np.where(int4, INT4_WEIGHT_ONLY, np.where(quantized, SIMULATED,
+                                                                                           DENSE)))))
 
     # ------------------------------------------------------------ latency
 
@@ -279,13 +283,14 @@ class AnalyticCostModel(BaseCostModel):
         dense = (fmt == DENSE) | (fmt == SIMULATED)
         stored_bits = np.where(fmt == INT4_WEIGHT_ONLY, 4.0, np.where(dense, 8.0 * db, 8.0))
         scale_bytes = np.where(~dense, k * n / a.group_size[:, :, None] * SCALE_BYTES_PER_GROUP, 0.0)
-        act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, db)
-        peak = np.where(fmt == INT8_DYNAMIC, hw.peak("int8"), hw.peak(dtype))
-        two_four = ((a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None] & hw.has_kernel("sparse_2_4")
-                    & kernels_run(hw, self.use_kernels))
+        w8a8 = np.isin(fmt, _W8A8)
+        act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, np.where(fmt == INT8_FBGEMM, db + 1.0, db))
+        peak = np.where(w8a8, hw.peak("int8"), hw.peak(dtype))
+        two_four = ((a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None]
+                    & ("sparse_2_4" in kernels_that_run(hw, self.use_kernels)))
         flops = 2.0 * m * k * n * np.where(two_four, 0.5, 1.0)
         data = k * n * stored_bits / 8 + scale_bytes + m * k * act_bytes + m * n * db
-        fake = np.where((a.act_bits < 16) & (fmt != INT8_DYNAMIC), 2.0 * FAKE_QUANT_PASSES * m * k * db, 0.0)
+        fake = np.where((a.act_bits < 16) & ~w8a8, 2.0 * FAKE_QUANT_PASSES * m * k * db, 0.0)
         return fmt, flops, data, peak, fake
 
     def _other_terms(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
@@ -407,7 +412,7 @@ class AnalyticCostModel(BaseCostModel):
             fmt = np.where(a.steps_per_group[:, None, :] > 0, self.formats(a, hw), -1)
             extra = np.zeros_like(k)
             if layout.kernel_copies:
-                extra += (fmt == INT8_DYNAMIC).any(axis=2) * (k * n + 8 * n)
+                extra += np.isin(fmt, _W8A8).any(axis=2) * (k * n + 8 * n)
                 extra += (fmt == INT8_WEIGHT_ONLY).any(axis=2) * (k * n + 2 * n * db)
                 kernel_group = np.zeros_like(a.group_size)
                 for g in reversed(TINYGEMM_GROUPS):

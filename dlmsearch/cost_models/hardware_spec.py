@@ -27,10 +27,11 @@ import yaml
 
 HARDWARE_KINDS: tuple[str, ...] = ("gpu", "cpu")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
-KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynamic", "fp8", "sparse_2_4")
+KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynamic", "int8_fbgemm", "fp8",
+                             "sparse_2_4")
 #: Matmul formats with their own measured efficiency curve (dense dtypes and the real low-bit kernels).
 MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only",
-                                   "simulated")
+                                   "int8_fbgemm", "simulated")
 #: Keys of ``format_efficiency``: matmul formats and the non-linear parts of a denoising step.
 EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "act_quant", "attention", "elementwise", "lm_head", "sampling")
 _FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",

@@ -1,8 +1,9 @@
 """Measured profile of the local device: microbenchmarks that calibrate the analytic model.
 
 :func:`measure_profile` times, on this device, every matmul format the compression code runs
-(dense fp32 and bf16, W8A8 through ``torch._int_mm``, int8 and int4 weight-only through
-:class:`~dlmsearch.compress.quantized_linear.QuantizedLinear`, and 50% structured shapes) over
+(dense fp32 and bf16, W8A8 through fbgemm on CPUs or ``torch._int_mm``, int8 and int4
+weight-only, each as :class:`~dlmsearch.compress.quantized_linear.QuantizedLinear` runs it with
+``use_kernels=True``, and 50% structured shapes) over
 the model's distinct linear shapes and a set of token counts M, plus the other parts of a
 denoising step: activation fake-quant, SDPA attention, one whole transformer block (its norms,
 rotary embedding, residuals and framework overhead), the model's outer parts (embedding, final
@@ -69,7 +70,8 @@ LOCAL = "local"
 _MIB = 2**20
 #: Weight formats a profile times: name -> (weight bits, act bits, per channel?) as QuantizedLinear runs them.
 LINEAR_FORMATS: dict[str, tuple[int, int, bool]] = {
-    "int8_dynamic": (8, 8, True), "int8_weight_only": (8, 16, True), "int4_weight_only": (4, 16, False),
+    "int8_fbgemm": (8, 8, True), "int8_dynamic": (8, 8, True), "int8_weight_only": (8, 16, True),
+    "int4_weight_only": (4, 16, False),
     "simulated": (8, 16, False)}  # per-group 8-bit: no kernel anywhere, dequantized once, dense matmul
 _KERNEL_OF_FORMAT = {name: name for name in LINEAR_FORMATS if name != "simulated"}
 _MAX_VOCAB_PROBE = 8192  # the one-block model uses at most this vocabulary (LM head scaled by ideal time)
@@ -211,17 +213,32 @@ def _peaks(device: torch.device) -> tuple[dict[str, float], float]:
     peaks = {"fp32": flops / _best_seconds(lambda: F.linear(x, w), device)}
     xb, wb = x.bfloat16(), w.bfloat16()
     peaks["bf16"] = flops / _best_seconds(lambda: F.linear(xb, wb), device)
-    try:  # _int_mm is slow on CPUs without VNNI: probe a smaller product
-        xi = torch.randint(-128, 127, (32, k), dtype=torch.int8, device=device)
-        wi = torch.randint(-128, 127, (k, n), dtype=torch.int8, device=device)
-        peaks["int8"] = 2.0 * 32 * k * n / _best_seconds(lambda: torch._int_mm(xi, wi), device, repeats=3)
-    except (RuntimeError, NotImplementedError):
-        peaks["int8"] = peaks["fp32"]
+    peaks["int8"] = max(_int8_peaks(device, x, w), default=peaks["fp32"])
     size = max(4 * last_level_cache_bytes(), 128 * _MIB) if device.type == "cpu" else 1024 * _MIB
     source = torch.empty(size // 4, dtype=torch.float32, device=device).fill_(1.0)
     target = torch.empty_like(source)
     bandwidth = 2.0 * size / _best_seconds(lambda: target.copy_(source), device, repeats=3)
     return peaks, bandwidth
+
+
+def _int8_peaks(device: torch.device, x: torch.Tensor, w: torch.Tensor) -> list[float]:
+    """FLOP/s of the int8 matmuls that run here: ``torch._int_mm`` and, on CPUs, fbgemm's dynamic linear."""
+    from dlmsearch.compress.kernels import INT8_FBGEMM, KERNELS, kernel_available
+    from dlmsearch.compress.quantize import quantize_rtn
+
+    (m, k), n = x.shape, w.shape[0]
+    found = []
+    try:  # _int_mm is slow on CPUs: probe a smaller product
+        xi = torch.randint(-128, 127, (32, k), dtype=torch.int8, device=device)
+        wi = torch.randint(-128, 127, (k, n), dtype=torch.int8, device=device)
+        found.append(2.0 * 32 * k * n / _best_seconds(lambda: torch._int_mm(xi, wi), device, repeats=3))
+    except (RuntimeError, NotImplementedError):
+        pass
+    if kernel_available(INT8_FBGEMM, device):
+        kernel = KERNELS[INT8_FBGEMM]
+        packed = kernel.pack(quantize_rtn(w.cpu(), 8, 0), torch.float32)
+        found.append(2.0 * m * k * n / _best_seconds(lambda: kernel.linear(x, packed), device))
+    return found
 
 
 def _launch_overhead(device: torch.device) -> float:
@@ -331,11 +348,17 @@ def _int4_group(k: int) -> int:
 
 
 def available_formats(device: torch.device | str = "cpu") -> list[str]:
-    """Matmul formats with a working kernel on ``device`` (dense fp32 and bf16 always)."""
-    from dlmsearch.compress.kernels import kernel_available
+    """Matmul formats that run on ``device`` (dense fp32 and bf16 always): a kernel format when it is
+    the one ``QuantizedLinear(use_kernels=True)`` picks there for its bits (W8A8 on an x86 CPU is
+    ``int8_fbgemm``, so ``int8_dynamic`` is not measured there)."""
+    from dlmsearch.compress.kernels import select_kernel
 
-    return ["fp32", "bf16", "simulated",
-            *(f for f in _KERNEL_OF_FORMAT if kernel_available(_KERNEL_OF_FORMAT[f], device))]
+    def runs(fmt: str) -> bool:
+        bits, act_bits, per_channel = LINEAR_FORMATS[fmt]
+        kernel = select_kernel(bits, act_bits, 0 if per_channel else 32, 32, 128, device)
+        return kernel is not None and kernel.name == _KERNEL_OF_FORMAT[fmt]
+
+    return ["fp32", "bf16", "simulated", *(f for f in _KERNEL_OF_FORMAT if runs(f))]
 
 
 class _BlockProbe:
@@ -526,7 +549,7 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     """
     from dlmsearch.compress.kernels import kernel_available
 
-    kernels = tuple(k for k in ("int8_weight_only", "int4_weight_only", "int8_dynamic")
+    kernels = tuple(k for k in ("int8_weight_only", "int4_weight_only", "int8_dynamic", "int8_fbgemm")
                     if kernel_available(k, device))
     kind = "gpu" if device.type == "cuda" else "cpu"
     ideal_hw = HardwareSpec("ideal", kind, peaks, bandwidth, 2**40, kernels)

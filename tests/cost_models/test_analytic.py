@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
-from dlmsearch.compress.apply import default_use_kernels
+from dlmsearch.compress.kernels import kernels_for
 from dlmsearch.cost_models import analytic
 from dlmsearch.cost_models.analytic import AnalyticCostModel, steps_per_group
 from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec
@@ -124,16 +123,35 @@ def test_int8_kernels_need_per_channel_weights() -> None:
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
 def test_kernel_decision_is_apply_plans_default(kind: str) -> None:
-    hw = replace(_hardware(("int4_weight_only", "int8_weight_only", "int8_dynamic")), kind=kind)
-    device = torch.device(analytic.target_device_type(hw))
-    assert analytic.kernels_run(hw) == default_use_kernels(device) == (kind == "gpu")
-    assert analytic.kernels_run(hw, use_kernels=True) and not analytic.kernels_run(hw, use_kernels=False)
+    listed = ("int4_weight_only", "int8_weight_only", "int8_dynamic", "int8_fbgemm")
+    hw = replace(_hardware(listed), kind=kind)
+    device_type = analytic.target_device_type(hw)
+    assert analytic.kernels_that_run(hw) == kernels_for(device_type, None) & set(listed)
+    assert analytic.kernels_that_run(hw) == ({"int8_fbgemm"} if kind == "cpu" else set(listed) - {"int8_fbgemm"})
+    assert analytic.kernels_that_run(hw, use_kernels=True) == set(listed)
+    assert analytic.kernels_that_run(hw, use_kernels=False) == set()
     model = AnalyticCostModel(SHAPE, LINEARS)
     formats = model.formats(model.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
     assert (formats == (analytic.INT4_WEIGHT_ONLY if kind == "gpu" else analytic.SIMULATED)).all()
     forced = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
     assert (forced.formats(forced.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
             == analytic.INT4_WEIGHT_ONLY).all()
+
+
+def test_w8a8_runs_fbgemm_on_cpus_at_any_group_size() -> None:
+    cpu = replace(_hardware(("int8_dynamic", "int8_fbgemm")), kind="cpu")
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    for group_size in (0, 64):
+        w8a8 = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=group_size))]), cpu)
+        assert (w8a8 == analytic.INT8_FBGEMM).all()
+    weight_only = model.formats(model.encode([_plan(layer=LayerPlan((8,), (16,), group_size=0))]), cpu)
+    assert (weight_only == analytic.SIMULATED).all()  # fbgemm would quantize activations the Plan keeps
+    without = replace(cpu, kernels=("int8_dynamic",))
+    assert (model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=0))]), without)
+            == analytic.SIMULATED).all()
+    fast = replace(cpu, peak_flops={**cpu.peak_flops, "int8": 100 * cpu.peak("fp32")})
+    dense_ms = model.cost(_plan(), fast).latency_ms
+    assert model.cost(_plan(layer=LayerPlan((8,), (8,), group_size=64)), fast).latency_ms < dense_ms
 
 
 def test_dense_dtype_follows_the_target_unless_given() -> None:
