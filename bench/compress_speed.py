@@ -12,14 +12,22 @@ counts M. Formats (all through :mod:`dlmsearch.compress.kernels` or plain torch)
 
 - ``fp32``: ``F.linear`` in float32 (the reference, ratio 1).
 - ``bf16``: ``F.linear`` in bfloat16 (slow without AVX-512-BF16/AMX).
-- ``int8_dyn``: ``quantized::linear_dynamic``, the op behind ``torch.ao.quantization.quantize_dynamic``
-  (per-tensor activations, symmetric per-channel weights).
+- ``int8_dyn``: the ``int8_fbgemm`` kernel, fbgemm's ``quantized::linear_dynamic`` (the op behind
+  ``torch.ao.quantization.quantize_dynamic``; per-tensor activations, symmetric per-channel
+  weights), what ``apply_plan_`` runs for W8A8 layers on a CPU.
 - ``int8_dyn_intmm``: W8A8 with per-token activations through ``torch._int_mm`` (what
-  ``QuantizedLinear`` runs for 8-bit weights and activations).
+  ``QuantizedLinear`` runs for 8-bit weights and activations on CUDA).
 - ``int8_wo``: ``torch._weight_int8pack_mm`` (int8 weight-only, per channel).
 - ``int4_wo``: ``torch._weight_int4pack_mm_for_cpu`` (int4 weight-only, group 128; 64 for the
   embedded model, whose width 192 has no group of 128).
 - ``struct50``: fp32 matmul with half the output rows (structured 50% pruning).
+
+End to end (``e2e_int8_<model>``): ``generate`` time of a compressed model over the same dense
+model's, every linear W8A8 through ``apply_plan_`` (so ``int8_fbgemm``), timed in interleaved
+rounds in one run, median of each. Two models: the embedded one (64 prompt + 64 generated tokens,
+16 steps; quick: 32 + 32, 8 steps) and a random-init LLaDA-8B-shaped stack (hidden 4096, 32 heads,
+MLP 12288) of 2 blocks (quick: 1) with the vocabulary cut to 8192 so that, as in the 32-block 8B
+model, the LM head (not in a Plan) is under a tenth of a step's work (32 + 32 tokens, 4 steps).
 
 Method: one warm-up call per format, then at least ``reps`` rounds (3 quick, 7 full; more, up to
 100, while a workload's rounds add up to under 1 s quick / 5 s full); each round calls every format once in
@@ -47,25 +55,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dlmsearch.compress import QuantizedLinear, apply_plan_
 from dlmsearch.compress.kernels import (
     INT4_WEIGHT_ONLY,
     INT8_DYNAMIC,
+    INT8_FBGEMM,
     INT8_WEIGHT_ONLY,
+    KERNELS,
     bf16_linear,
-    fbgemm_dynamic_linear,
     int4_group_size,
     int4_weight_only_linear,
     int8_dynamic_linear,
     int8_weight_only_linear,
     kernel_available,
-    pack_fbgemm_dynamic,
     pack_int4_weight_only,
     pack_int8_dynamic,
     pack_int8_weight_only,
 )
 from dlmsearch.compress.quantize import quantize_rtn
 from dlmsearch.cost_models.profile import last_level_cache_bytes
-from dlmsearch.models.loading import load_model
+from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.models.loading import build_random_model, load_model
+from dlmsearch.models.sampler import generate
+from dlmsearch.plan import uniform_plan
 
 LLADA_SHAPE = (12288, 4096)  # (N, K) of LLaDA-8B's MLP up/gate projection
 MiB = 1 << 20
@@ -93,14 +105,11 @@ def _copy(operand: Any) -> Any:
     return operand
 
 
-def _fbgemm_available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
-
-
 FORMATS: tuple[Format, ...] = (
     Format("fp32", lambda w, g: w.clone(), F.linear),
     Format("bf16", lambda w, g: w.bfloat16(), bf16_linear),
-    Format("int8_dyn", lambda w, g: pack_fbgemm_dynamic(w), fbgemm_dynamic_linear, _fbgemm_available),
+    Format("int8_dyn", lambda w, g: KERNELS[INT8_FBGEMM].pack(quantize_rtn(w, 8, 0), torch.float32),
+           KERNELS[INT8_FBGEMM].linear, lambda: kernel_available(INT8_FBGEMM, "cpu")),
     Format("int8_dyn_intmm", lambda w, g: pack_int8_dynamic(quantize_rtn(w, 8, 0), torch.float32),
            int8_dynamic_linear, lambda: kernel_available(INT8_DYNAMIC, "cpu")),
     Format("int8_wo", lambda w, g: pack_int8_weight_only(quantize_rtn(w, 8, 0), torch.float32),
@@ -184,6 +193,35 @@ def bench_workload(label: str, weights: Sequence[torch.Tensor], group: int, toke
     return figures
 
 
+def end_to_end(make: Callable[[], DLMAdapter], label: str, prompt_length: int, gen_length: int, steps: int,
+               rounds: int) -> dict[str, float]:
+    """``generate`` time of the model with every linear W8A8 over the dense model's (interleaved rounds)."""
+    dense, compressed = make(), make()
+    apply_plan_(compressed, uniform_plan(compressed, weight_bits=8, act_bits=8, steps=steps, gen_length=gen_length))
+    kernels = {m.summary["kernels"][0] for m in compressed.model.modules() if isinstance(m, QuantizedLinear)}
+    if kernels != {INT8_FBGEMM}:
+        raise SystemExit(f"{label}: the W8A8 layers run {sorted(kernels)}, not {INT8_FBGEMM}")
+    prompt = torch.randint(0, dense.mask_token_id, (prompt_length,), generator=torch.Generator().manual_seed(0))
+    models = {"dense": dense, "int8": compressed}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_index in range(rounds + 1):  # round 0 warms up (and packs the kernel operands)
+            order = list(models) if round_index % 2 else list(reversed(models))
+            for name in order:
+                start = time.perf_counter()
+                generate(models[name], prompt, gen_length=gen_length, steps=steps, block_length=gen_length)
+                if round_index:
+                    times[name].append(time.perf_counter() - start)
+    dense_s, int8_s = statistics.median(times["dense"]), statistics.median(times["int8"])
+    print(f"{label}: dense {dense_s * 1e3:.0f} ms, int8 {int8_s * 1e3:.0f} ms per generate", file=sys.stderr)
+    return {f"e2e_dense_{label}_ms": dense_s * 1e3, f"e2e_int8_{label}": int8_s / dense_s}
+
+
+def _llada_shaped(num_layers: int) -> DLMAdapter:
+    return build_random_model("llama", num_layers=num_layers, hidden_size=4096, num_heads=32,
+                              intermediate_size=LLADA_SHAPE[0], vocab_size=8192, max_length=128)
+
+
 def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
@@ -212,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     llada_group = int4_group_size(128, LLADA_SHAPE[1]) or 0
     figures |= bench_workload("llada_layer", llada, llada_group, (1, 8) if args.quick else (1, 16, 128, 512),
                               reps, min_seconds, target)
+
+    short = args.quick
+    figures |= end_to_end(load_model, "embedded", 32 if short else 64, 32 if short else 64, 8 if short else 16,
+                          3 if short else 7)
+    figures |= end_to_end(lambda: _llada_shaped(1 if short else 2), "llada_shaped", 32, 32, 4, 3 if short else 5)
 
     print(f"threads: {torch.get_num_threads()}")
     print(f"cpu_capability: {torch.backends.cpu.get_cpu_capability()}")

@@ -126,6 +126,16 @@ def _quantize_one(weight: torch.Tensor, bits: int, config: QuantConfig,
     return gptq_quantize(weight, hessian, bits, config.group_size)
 
 
+@dataclass(frozen=True)
+class _Route:
+    """How one timestep group computes for one input device and dtype."""
+
+    kernel: Kernel | None  # None: F.linear with the dequantized (or 16-bit) weight
+    operand: Any  # the float weight or the kernel's packed operand
+    bias: torch.Tensor | None
+    fake_act_bits: int  # activations fake-quantized to this width before the matmul (16: none)
+
+
 class QuantizedLinear(nn.Module):
     """``nn.Linear`` replacement with per-timestep weight and activation precision.
 
@@ -166,6 +176,8 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self._dequantized: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._packed: dict[tuple[str, int, torch.dtype], Any] = {}
+        # (group, device, dtype) -> how a forward pass computes: decided once, not per call
+        self._routes: dict[tuple[int, torch.device, torch.dtype], _Route] = {}
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None,
@@ -200,6 +212,7 @@ class QuantizedLinear(nn.Module):
         """Drop dequantized and kernel-packed weights (rebuilt on the next forward)."""
         self._dequantized.clear()
         self._packed.clear()
+        self._routes.clear()
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
         # Caches are plain attributes, so moves must rebuild them. Scales and zero points stay float32
@@ -274,17 +287,25 @@ class QuantizedLinear(nn.Module):
     # ------------------------------------------------------------ compute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bits, act_bits = self.current_bits()
-        kernel = self._kernel(bits, act_bits, x.device, x.dtype)
-        if act_bits < 16 and (kernel is None or kernel.act_bits != act_bits):
-            x = quantize_activations(x, act_bits)
-        if kernel is None:
-            return F.linear(x, self._float_weight(bits, x.dtype), self._bias(x.dtype))
-        flat = x.reshape(-1, self.in_features).contiguous()
-        out = kernel.linear(flat, self._packed_weight(kernel, bits, x.dtype))
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
+        key = (self.current_group(), x.device, x.dtype)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._route(*key)
+        if route.fake_act_bits < 16:
+            x = quantize_activations(x, route.fake_act_bits)
+        if route.kernel is None:
+            return F.linear(x, route.operand, route.bias)
+        out = route.kernel.linear(x.reshape(-1, self.in_features).contiguous(), route.operand)
+        if route.bias is not None:
+            out = out + route.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _route(self, group: int, device: torch.device, dtype: torch.dtype) -> _Route:
+        bits, act_bits = self.config.weight_bits[group], self.config.act_bits[group]
+        kernel = self._kernel(bits, act_bits, device, dtype)
+        fake = act_bits if act_bits < 16 and (kernel is None or kernel.act_bits != act_bits) else 16
+        operand = self._float_weight(bits, dtype) if kernel is None else self._packed_weight(kernel, bits, dtype)
+        return _Route(kernel, operand, self._bias(dtype), fake)
 
     def _bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.to(dtype)
