@@ -220,11 +220,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
     counts = args.tokens or (QUICK_TOKEN_COUNTS if args.quick else FULL_TOKEN_COUNTS)
     spec = local_profile(adapter.shape, adapter.linears(), quick=args.quick, refresh=args.refresh,
-                         token_counts=counts)
+                         token_counts=counts, device=_profile_device(args.device))
     spec.save(args.out)
     print("\n".join(profile_summary(spec)))
     print(f"profile: {args.out} (use it as hardware: {args.out}, or hardware: local)")
     return 0
+
+
+def _profile_device(name: str) -> str:
+    import torch
+
+    if name not in ("cpu", "cuda"):
+        raise SystemExit(f"--device: {name!r} is not allowed; allowed: cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device: 'cuda' is not allowed here: torch sees no CUDA GPU (a CPU build, or no driver)")
+    return name
 
 
 def _set_threads(threads: int | None) -> None:
@@ -515,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--refresh", action="store_true", help="measure again even when a cached profile exists")
     prof.add_argument("--threads", type=int, default=None,
                       help="torch threads to measure with (default: torch's; 1 on an oversubscribed machine)")
+    prof.add_argument("--device", default="cpu", help="device to measure: cpu (default) or cuda")
     prof.set_defaults(func=cmd_profile)
 
     run = sub.add_parser("run", help="run or resume a search (a study spec YAML, or a shipped name: quickstart)")

@@ -3,7 +3,7 @@
 For every denoising step the plain LLaDA sampler recomputes the whole sequence, so each step
 processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per linear::
 
-    FLOPs = 2 * M * K * N                 (halved only by 2:4 sparsity with a sparse kernel)
+    FLOPs = 2 * M * K * N                 (2:4 sparsity runs dense: apply_plan_ has no sparse kernel)
     bytes = K * N * weight_bits / 8 + scales + M * K * act_bytes + M * N * dense_bytes
     time  = max(FLOPs / (eta_c(M) * peak[compute dtype]), bytes / (eta_m(M) * bandwidth)) + launch
 
@@ -71,8 +71,6 @@ KERNEL_FORMATS = {INT8_DYNAMIC: "int8_dynamic", INT8_WEIGHT_ONLY: "int8_weight_o
                   INT4_WEIGHT_ONLY: "int4_weight_only", SIMULATED: "simulated", INT8_FBGEMM: "int8_fbgemm"}
 #: Formats whose kernel quantizes its own activations (int8 peak, no fake-quant passes).
 _W8A8 = (INT8_DYNAMIC, INT8_FBGEMM)
-#: Kernels a spec may list that only this model prices (no QuantizedLinear path): CUDA kernels.
-_PRICED_ONLY = frozenset({"fp8", "sparse_2_4"})
 #: Framework calls per step part, each paying ``launch_overhead_s`` (eager PyTorch / HF Llama block:
 #: two RMSNorms of ~7 ops, rotary embedding ~12, reshapes, residual adds, SiLU and product).
 ATTENTION_LAUNCHES_PER_LAYER = 4  # repeat_kv / transpose / SDPA / reshape
@@ -134,11 +132,7 @@ def kernels_that_run(hw: HardwareSpec, use_kernels: bool | None = None) -> froze
     int8 / int4 weight-only kernels there are many times slower than a float32 matmul at a DLM
     step's token counts, so those layers run dequantize-then-matmul, format ``simulated``).
     """
-    device_type = target_device_type(hw)
-    allowed = kernels_for(device_type, use_kernels)
-    if use_kernels or (use_kernels is None and device_type == "cuda"):
-        allowed |= _PRICED_ONLY
-    return allowed & frozenset(hw.kernels)
+    return kernels_for(target_device_type(hw), use_kernels) & frozenset(hw.kernels)
 
 
 def steps_per_group(steps: int, boundaries: Sequence[float]) -> list[int]:
@@ -286,9 +280,7 @@ class AnalyticCostModel(BaseCostModel):
         w8a8 = np.isin(fmt, _W8A8)
         act_bytes = np.where(fmt == INT8_DYNAMIC, 1.0, np.where(fmt == INT8_FBGEMM, db + 1.0, db))
         peak = np.where(w8a8, hw.peak("int8"), hw.peak(dtype))
-        two_four = ((a.structure == 1)[:, :, None] & (a.sparsity == 0.5)[:, :, None]
-                    & ("sparse_2_4" in kernels_that_run(hw, self.use_kernels)))
-        flops = 2.0 * m * k * n * np.where(two_four, 0.5, 1.0)
+        flops = 2.0 * m * k * n
         data = k * n * stored_bits / 8 + scale_bytes + m * k * act_bytes + m * n * db
         fake = np.where((a.act_bits < 16) & ~w8a8, 2.0 * FAKE_QUANT_PASSES * m * k * db, 0.0)
         return fmt, flops, data, peak, fake

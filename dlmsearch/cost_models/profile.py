@@ -62,7 +62,7 @@ from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 logger = logging.getLogger("dlmsearch.cost_models.profile")
 
 PROFILE_FORMAT = "dlmsearch.profile"
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: int8_fbgemm measured
 QUICK_TOKEN_COUNTS: tuple[int, ...] = (1, 16, 64, 256)
 FULL_TOKEN_COUNTS: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512)
 ROTATION_CAP_BYTES = 512 * 2**20  # at most this much rotating weight memory per (format, shape)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one NVIDIA GPU (H100/H200 class), at most 8 minutes.
+#
+#   bash bench/gpu_check.sh [--quick]      # figures go to stdout and to ${OUT:-runs/gpu_check}/
+#
+# 1. a CUDA build of torch (installed into .venv-gpu from PyPI when the current Python has none);
+# 2. the tests marked `gpu` (real int8 / int4 weight-only and W8A8 kernels through apply_plan_,
+#    2:4 semi-structured sparsity, fp8 where the GPU has it, bf16 dense);
+# 3. `dlmsearch profile --device cuda` for the embedded model's shapes;
+# 4. bench/gpu_cost_accuracy.py: cost-model Kendall tau and MAPE over 30 Plans on a random-init
+#    LLaDA-8B-shaped model with fewer blocks, and the measured kernel speed-ups.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-runs/gpu_check}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+started=$(date +%s)
+
+has_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
+if ! has_cuda "$python"; then
+  if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+    echo "gpu_check: no NVIDIA GPU here (nvidia-smi finds none)" >&2
+    exit 2
+  fi
+  echo "gpu_check: $python has no CUDA torch; installing torch==2.13.0 (PyPI's Linux wheel is the CUDA build)" >&2
+  "$python" -m venv .venv-gpu
+  .venv-gpu/bin/pip install -q torch==2.13.0 -e '.[dev]' || {
+    echo "gpu_check: could not install a CUDA torch (no access to PyPI?); put one on PYTHON=... and rerun" >&2
+    exit 3
+  }
+  python=.venv-gpu/bin/python
+fi
+"$python" -c 'import torch; print("torch", torch.__version__, "on", torch.cuda.get_device_name())' | tee "$out/device.txt"
+
+quick=""
+[[ "${1:-}" == "--quick" ]] && quick="--quick"
+"$python" -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
+"$python" -m dlmsearch.cli profile --device cuda --quick --out "$out/profile-cuda.yaml" 2>&1 | tee "$out/profile.txt"
+"$python" bench/gpu_cost_accuracy.py $quick 2>&1 | tee "$out/cost_accuracy.txt"
+echo "gpu_check_seconds: $(( $(date +%s) - started ))"
