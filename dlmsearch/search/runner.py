@@ -49,7 +49,7 @@ from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
 from dlmsearch.search.samplers import make_sampler, seed_for_trial
 from dlmsearch.search.spec import StudySpec
-from dlmsearch.search.storage import check_workers, default_journal, open_storage
+from dlmsearch.search.storage import batched_trial_writes, check_workers, default_journal, open_storage
 from dlmsearch.search.verification import VerificationSummary, verify_front
 
 logger = logging.getLogger("dlmsearch.search.runner")
@@ -119,21 +119,24 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         ctx = self.context
         spec = ctx.spec
-        plan = ctx.space.suggest(trial)
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("env", self.env)
-        cost = ctx.cost_model.cost(plan, ctx.hardware)
-        metrics: dict[str, float] = {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes),
-                                     "latency_per_step_ms": cost.latency_ms / plan.sampler.steps}
-        trial.set_user_attr("latency_provenance", cost.provenance)
-        trial.set_user_attr("hardware", ctx.hardware.name)
-        for name, limit in self.limits.items():
-            trial.set_constraint(name, metrics[name] - limit)
+        storage = self.study._storage
+        with batched_trial_writes(storage):  # one journal append for these, not one each
+            plan = ctx.space.suggest(trial)
+            trial.set_user_attr("plan", plan.to_dict())
+            trial.set_user_attr("env", self.env)
+            cost = ctx.cost_model.cost(plan, ctx.hardware)
+            metrics: dict[str, float] = {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes),
+                                         "latency_per_step_ms": cost.latency_ms / plan.sampler.steps}
+            trial.set_user_attr("latency_provenance", cost.provenance)
+            trial.set_user_attr("hardware", ctx.hardware.name)
+            for name, limit in self.limits.items():
+                trial.set_constraint(name, metrics[name] - limit)
         feasible = all(metrics[name] <= limit for name, limit in self.limits.items())
         quality = self.quality(plan, metrics, feasible)
         metrics["quality"] = quality.score
-        trial.set_user_attr("fidelity", quality.fidelity)
-        trial.set_user_attr("metrics", {k: float(v) for k, v in {**metrics, **quality.metrics}.items()})
+        with batched_trial_writes(storage):
+            trial.set_user_attr("fidelity", quality.fidelity)
+            trial.set_user_attr("metrics", {k: float(v) for k, v in {**metrics, **quality.metrics}.items()})
         return checked_values(spec.objectives, metrics)
 
     def quality(self, plan: Plan, metrics: dict[str, float], feasible: bool) -> QualityResult:
@@ -218,8 +221,9 @@ def create_or_load_study(spec: StudySpec, storage: optuna.storages.BaseStorage,
                          force: bool = False) -> optuna.Study:
     """Create the study, or load it when it exists with the same identity fields and model
     fingerprint (else refuse, unless ``force``: then warn and go on)."""
-    study = optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
-                                directions=["minimize"] * len(spec.objectives), load_if_exists=True)
+    with workers.quiet_optuna():  # the CLI says what it runs
+        study = optuna.create_study(storage=storage, study_name=spec.study, sampler=sampler,
+                                    directions=["minimize"] * len(spec.objectives), load_if_exists=True)
     stored = study.user_attrs.get(SPEC_ATTR)
     current = json.loads(json.dumps(spec.to_dict()))
     if stored is None:
@@ -425,7 +429,8 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
                 seed_for_trial(study.sampler, seed, complete)
             with warnings.catch_warnings():  # the heartbeat is recorded below (workers.heartbeat)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = study.ask(distributions)
+                with batched_trial_writes(study._storage):  # the trial's parameters in one journal append
+                    trial = study.ask(distributions)
             try:
                 if n_trials is not None and workers.is_surplus(study, trial, n_trials):
                     workers.skip(study, trial, n_trials)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from dlmsearch.evaluators import BaseEvaluator
 from dlmsearch.plan import Plan
 from dlmsearch.search.pareto import feasible_front
+from dlmsearch.search.workers import quiet_optuna
 
 logger = logging.getLogger("dlmsearch.search.verification")
 
@@ -199,16 +200,13 @@ def _claim(study: optuna.Study, number: int) -> int | None:
     worker holds it."""
     storage, name = study._storage, claim_name(study, number)
     for _ in range(2):
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the claim is internal: no "new study" line
         try:
-            claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+            with quiet_optuna():  # the claim is internal: no "new study" line
+                claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
         except optuna.exceptions.DuplicatedStudyError:
             if not _drop_if_stale(storage, name):
                 return None
             continue
-        finally:
-            optuna.logging.set_verbosity(verbosity)
         storage.set_study_user_attr(claim_id, "holder", {"host": socket.gethostname(), "pid": os.getpid(),
                                                          "time": time.time()})
         return claim_id

@@ -159,15 +159,12 @@ def claim_warm_start(study: optuna.Study, enqueue: Callable[[], int]) -> int | N
             t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)):
         return None  # done already (a study from before the claim has warm_start trials)
     claim = study.study_name + CLAIM_SUFFIX
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the claim is internal: no "new study" line for users
     try:
-        claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], claim)
+        with quiet_optuna():  # the claim is internal: no "new study" line for users
+            claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], claim)
     except optuna.exceptions.DuplicatedStudyError:
         logger.info("another worker enqueues the warm starts")
         return None
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     try:
         if WARM_START_ATTR in storage.get_study_system_attrs(study._study_id):
             return None  # done by a worker that released the claim just now
@@ -178,3 +175,15 @@ def claim_warm_start(study: optuna.Study, enqueue: Callable[[], int]) -> int | N
         return count
     finally:
         storage.delete_study(claim_id)
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs only warnings inside the block: studies dlmsearch creates for its own bookkeeping
+    (claims) or on the user's behalf (the CLI prints its own line) get no "A new study created" line."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
