@@ -92,11 +92,6 @@ class LayerPlan:
     group_size: int = 64  # divides every hidden size that is a multiple of 64 (LLaDA, Dream, ours)
     quant_method: str = "rtn"  # "gptq" compensates rounding error with calibration data
 
-    @property
-    def is_dense(self) -> bool:
-        """True when the layer is neither pruned nor quantized."""
-        return self.sparsity == 0 and all(b == 16 for b in (*self.weight_bits, *self.act_bits))
-
 
 @dataclass(frozen=True)
 class ModelRef:

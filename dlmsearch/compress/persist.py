@@ -29,7 +29,7 @@ from dlmsearch.compress.quantized_linear import QuantizedLinear
 from dlmsearch.models.adapters import REMOTE_CODE_PATTERNS, DLMAdapter, RemoteCodeAdapter
 from dlmsearch.models.loading import NATIVE_ADAPTERS, ModelLoadError, load_tokenizer, resolve_model_dir
 from dlmsearch.models.tokenizer import CharTokenizer
-from dlmsearch.plan import Plan, load_plan
+from dlmsearch.plan import load_plan
 
 COMPRESSED_FORMAT = "dlmsearch.compressed"
 COMPRESSED_VERSION = 1
@@ -176,8 +176,3 @@ def _rebuild_layers(model: nn.Module, header: dict[str, Any], tensors: dict[str,
             has_bias = getattr(current, "bias", None) is not None
             model.set_submodule(name, nn.Linear(in_features, out_features, bias=has_bias))
 
-
-def saved_plan(folder: str | Path) -> Plan | None:
-    """The Plan of a compressed folder, or None for a plain checkpoint folder."""
-    path = Path(folder)
-    return load_plan(path / PLAN_FILE) if is_compressed_folder(path) else None

@@ -19,8 +19,7 @@ Statistics are taken once on the dense model, as in the paper's sink-aware imple
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,12 +29,8 @@ from dlmsearch.compress.sinks import DEFAULT_ALPHA, DEFAULT_K, sink_token_weight
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import PRUNE_METHODS
 
-logger = logging.getLogger("dlmsearch.compress.prune")
-
 #: Structures this module prunes (``heads`` and ``channels`` live in :mod:`dlmsearch.compress.structured`).
 WEIGHT_STRUCTURES: tuple[str, ...] = ("unstructured", "2:4")
-#: Methods that read activation statistics.
-STATS_METHODS = frozenset({"wanda", "sink_wanda"})
 
 
 class MissingStatisticsError(ValueError):
@@ -121,25 +116,3 @@ def pruning_statistics(adapter: DLMAdapter, calib: CalibrationSet, method: str, 
         return None
     weights = sink_token_weights(adapter, calib, k, alpha) if method == "sink_wanda" else None
     return collect_input_statistics(adapter, calib, token_weights=weights, names=names)
-
-
-@torch.no_grad()
-def prune_model_(adapter: DLMAdapter, sparsity: float, method: str, structure: str = "unstructured",
-                 stats: Mapping[str, LinearInputStats] | None = None,
-                 names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Prune every compressible linear (or those in ``names``) in place; return the keep-masks by name.
-
-    ``stats`` comes from :func:`pruning_statistics` (required for ``wanda`` and ``sink_wanda``).
-    """
-    targets = list(names) if names is not None else [info.name for info in adapter.linears()]
-    if method in STATS_METHODS:
-        missing = [name for name in targets if stats is None or name not in stats]
-        if missing:
-            raise MissingStatisticsError(f"{method} needs statistics for {len(missing)} linear(s), e.g. "
-                                         f"{missing[0]!r}: pass stats=pruning_statistics(adapter, calib, {method!r})")
-    masks = {}
-    for name in targets:
-        layer_stats = stats.get(name) if stats is not None else None
-        masks[name] = prune_linear_(adapter.get_module(name), sparsity, method, structure, layer_stats)
-    logger.info("pruned %d linears: method=%s structure=%s sparsity=%.2f", len(masks), method, structure, sparsity)
-    return masks

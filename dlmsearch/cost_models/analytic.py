@@ -59,7 +59,6 @@ from dlmsearch.cost_models.hardware_spec import HardwareSpec
 from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
 from dlmsearch.plan import LayerPlan, Plan
 
-DENSE_BYTES = 2  # bf16 / fp16 weights and activations (the default dense dtype)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 SCALE_BYTES_PER_GROUP = 4  # fp16 scale + fp16 zero point
 FAKE_QUANT_PASSES = 4  # absmax, divide+round, clamp, rescale: read+write passes over a quantized input

@@ -21,7 +21,6 @@ from dlmsearch.models.diffusion import bidirectional_attention_mask
 #: Roles of the linears inside one transformer block.
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 ATTENTION_ROLES = frozenset({"q", "k", "v", "o"})
-MLP_ROLES = frozenset({"gate", "up", "down"})
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
     """True when every constraint of ``trial`` is <= 0 (a trial without constraints is feasible)."""
     return all(value <= 0 for value in trial.constraints.values())
-
-
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials in number order."""
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:

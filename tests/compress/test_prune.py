@@ -11,7 +11,6 @@ from dlmsearch.compress.prune import (
     MissingStatisticsError,
     keep_mask,
     prune_linear_,
-    prune_model_,
     pruning_scores,
     pruning_statistics,
 )
@@ -19,6 +18,14 @@ from dlmsearch.models.adapters import DLMAdapter
 from tests.compress.test_sinks import build_sink_model, sink_calibration
 
 METHODS = ("magnitude", "wanda", "sink_wanda")
+
+
+def prune_model_(adapter: DLMAdapter, sparsity: float, method: str, structure: str = "unstructured",
+                 stats: dict[str, LinearInputStats] | None = None) -> dict[str, torch.Tensor]:
+    """Every linear pruned in place with :func:`prune_linear_`; the keep-masks by name."""
+    with torch.no_grad():
+        return {info.name: prune_linear_(adapter.get_module(info.name), sparsity, method, structure,
+                                         (stats or {}).get(info.name)) for info in adapter.linears()}
 
 
 def _calib(adapter: DLMAdapter) -> CalibrationSet:
@@ -77,11 +84,6 @@ def test_methods_without_the_right_statistics_fail_clearly() -> None:
         prune_linear_(linear, 0.5, "random")
     with pytest.raises(ValueError, match="heads and channels"):
         prune_linear_(linear, 0.5, "magnitude", "heads")
-
-
-def test_prune_model_requires_statistics_for_every_layer(tiny_llama: DLMAdapter) -> None:
-    with pytest.raises(MissingStatisticsError, match="pruning_statistics"):
-        prune_model_(tiny_llama, 0.5, "wanda")
 
 
 def _wanda_and_sink_masks(adapter: DLMAdapter, calib: CalibrationSet) -> tuple[dict, dict]:
