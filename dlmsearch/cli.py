@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dlmsearch.evaluators.base import FIDELITIES
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
 from dlmsearch.models.loading import ModelLoadError
-from dlmsearch.models.sampler import REMASKING_STRATEGIES, SamplerSettingsError
+from dlmsearch.models.sampler_rules import REMASKING_STRATEGIES, SamplerSettingsError
 from dlmsearch.plan import (
     PRUNE_METHODS,
     STRUCTURES,

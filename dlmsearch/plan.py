@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlmsearch.models.sampler import check_sampler_settings
+from dlmsearch.models.sampler_rules import check_sampler_settings
 
 if TYPE_CHECKING:
     from dlmsearch.models.adapters import DLMAdapter

@@ -682,7 +682,7 @@ def profile_cache_key(shape: ModelShape, linears: Sequence[LinearInfo], token_co
 
 def profile_cache_path(key: str) -> Path:
     """Where the profile with cache ``key`` lives (``$DLMSEARCH_CACHE/profiles``)."""
-    from dlmsearch.evaluators.reference import cache_dir
+    from dlmsearch.data.cache import cache_dir
 
     return cache_dir() / "profiles" / f"{key}.yaml"
 

@@ -11,19 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from dlmsearch.data.cache import cache_dir
 from dlmsearch.models.adapters import DLMAdapter
-
-
-def cache_dir() -> Path:
-    """Folder of dlmsearch's caches (``$DLMSEARCH_CACHE``, default ``~/.cache/dlmsearch``; an empty value
-    means the default, not the current folder)."""
-    return Path(os.environ.get("DLMSEARCH_CACHE") or Path.home() / ".cache" / "dlmsearch")
 
 
 def model_digest(adapter: DLMAdapter) -> str:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from dlmsearch.data.cache import cache_dir
 from dlmsearch.evaluators.proxy import REFERENCE_VERSION, ProxyEvaluator
-from dlmsearch.evaluators.reference import cache_dir, cache_key
+from dlmsearch.evaluators.reference import cache_key
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)

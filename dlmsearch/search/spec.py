@@ -31,7 +31,7 @@ import yaml
 from dlmsearch.cost_models.hardware_spec import list_hardware, yaml_error_summary, yaml_number
 from dlmsearch.evaluators.full import FullSettings
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
-from dlmsearch.models.sampler import REMASKING_STRATEGIES, check_sampler_settings
+from dlmsearch.models.sampler_rules import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
 
 OBJECTIVES: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")

@@ -33,7 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from dlmsearch.compress.apply import realizable_ratio
 from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
-from dlmsearch.models.sampler import check_sampler_settings
+from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import STRUCTURE_ROLES, LayerPlan, ModelRef, Plan, SamplerSettings
 
 if TYPE_CHECKING:  # the spec module imports nothing of this one, but dlmsearch.search's package does

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from dlmsearch.models.loading import build_random_model
-from dlmsearch.models.sampler import check_sampler_settings
+from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import ModelRef
 from dlmsearch.search.spec import spec_from_dict
 from dlmsearch.spaces import SearchSpace, SearchSpaceError, layer_groups
