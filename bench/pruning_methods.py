@@ -30,13 +30,14 @@ import time
 
 import torch
 
+from dlmsearch.compress.apply import CalibrationStatistics, apply_plan_
 from dlmsearch.compress.calibration import CalibrationSet, LinearInputStats, collect_input_statistics
-from dlmsearch.compress.prune import prune_model_
 from dlmsearch.compress.sinks import sink_token_weights
 from dlmsearch.data import load_split
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.loading import load_model
+from dlmsearch.plan import uniform_plan
 
 METHODS: tuple[str, ...] = ("magnitude", "wanda", "sink_wanda")
 SPARSITIES: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for method in METHODS:
         for sparsity in SPARSITIES:
             adapter = load_model(args.model)
-            prune_model_(adapter, sparsity, method, stats=stats.get(method))
+            statistics = CalibrationStatistics(by_method={method: stats.get(method)})
+            apply_plan_(adapter, uniform_plan(adapter, sparsity=sparsity, prune_method=method), statistics=statistics)
             key = f"nelbo_{method}_{round(100 * sparsity)}"
             figures[key] = nelbo(adapter, windows, args.seed, args.batch_size)
             print(f"{key}={figures[key]:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
