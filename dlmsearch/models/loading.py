@@ -99,7 +99,7 @@ def load_model(name_or_path: str | Path = EMBEDDED_MODEL_NAME, dtype: torch.dtyp
     config = json.loads((folder / "config.json").read_text())
     model_type = config.get("model_type")
     tokenizer = load_tokenizer(folder)
-    common = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
+    common: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
     if model_type in NATIVE_ADAPTERS and "auto_map" not in config:
         if meta:
             with torch.device("meta"):
