@@ -199,14 +199,19 @@ def symmetric_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return codes, scale
 
 
-def pack_int8_fbgemm(qw: QuantizedWeight, dtype: torch.dtype) -> FbgemmInt8Weights:
-    """Requantize an 8-bit weight symmetric per channel and prepack it for fbgemm (CPU only)."""
-    _require(qw.bits == 8, "int8 fbgemm needs 8-bit weights")
-    codes, scale = symmetric_per_channel(qw.dequantize().cpu())
+def _prepack_symmetric(weight: torch.Tensor) -> Any:
+    """``weight`` (N, K, float, CPU) as fbgemm's prepacked symmetric per-channel qint8 operand."""
+    codes, scale = symmetric_per_channel(weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated; the op still ships
         qweight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros_like(scale, dtype=torch.int64), 0)
-        return FbgemmInt8Weights(torch.ops.quantized.linear_prepack(qweight, None), not fbgemm_full_range())
+        return torch.ops.quantized.linear_prepack(qweight, None)
+
+
+def pack_int8_fbgemm(qw: QuantizedWeight, dtype: torch.dtype) -> FbgemmInt8Weights:
+    """Requantize an 8-bit weight symmetric per channel and prepack it for fbgemm (CPU only)."""
+    _require(qw.bits == 8, "int8 fbgemm needs 8-bit weights")
+    return FbgemmInt8Weights(_prepack_symmetric(qw.dequantize().cpu()), not fbgemm_full_range())
 
 
 def int8_fbgemm_linear(x: torch.Tensor, w: FbgemmInt8Weights) -> torch.Tensor:
@@ -244,13 +249,8 @@ def fbgemm_full_range() -> bool:
     """
     x = torch.full((2, 64), 1.0)
     x[:, 0] = 0.0  # the range starts at 0, so every other entry gets code 255
-    weight = torch.full((8, 64), 1.0)
     try:
-        codes, scale = symmetric_per_channel(weight)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            qweight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(8, dtype=torch.int64), 0)
-            out = torch.ops.quantized.linear_dynamic(x, torch.ops.quantized.linear_prepack(qweight, None), False)
+        out = torch.ops.quantized.linear_dynamic(x, _prepack_symmetric(torch.full((8, 64), 1.0)), False)
     except (RuntimeError, NotImplementedError, AttributeError):
         return False
     return bool(torch.allclose(out, torch.full_like(out, 63.0), rtol=1e-3))

@@ -547,10 +547,9 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     float32 matmul of the same shapes plus that much per call -- what dequantize-then-matmul runs --
     rather than its own, separately drifting, timings.
     """
-    from dlmsearch.compress.kernels import kernel_available
+    from dlmsearch.compress.kernels import KERNELS, kernel_available
 
-    kernels = tuple(k for k in ("int8_weight_only", "int4_weight_only", "int8_dynamic", "int8_fbgemm")
-                    if kernel_available(k, device))
+    kernels = tuple(k for k in KERNELS if kernel_available(k, device))
     kind = "gpu" if device.type == "cuda" else "cpu"
     ideal_hw = HardwareSpec("ideal", kind, peaks, bandwidth, 2**40, kernels)
     by = {(s.part, s.key, s.tokens): s for s in samples}
