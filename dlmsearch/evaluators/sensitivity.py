@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dlmsearch.data.cache import cache_dir
 from dlmsearch.evaluators.proxy import REFERENCE_VERSION, ProxyEvaluator
 from dlmsearch.evaluators.reference import cache_key
+from dlmsearch.models.grouping import layer_groups
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
@@ -49,11 +50,7 @@ class SensitivityTable:
 
 def block_role_groups(evaluator: ProxyEvaluator) -> dict[str, list[str]]:
     """Layer groups ``block<i>.attn`` / ``block<i>.mlp`` of the evaluator's model."""
-    groups: dict[str, list[str]] = {}
-    for info in evaluator.dense.linears():
-        part = "attn" if info.role in ("q", "k", "v", "o") else "mlp"
-        groups.setdefault(f"block{info.block}.{part}", []).append(info.name)
-    return groups
+    return {group.name: list(group.modules) for group in layer_groups(evaluator.dense.linears(), "block_role")}
 
 
 def _plan(evaluator: ProxyEvaluator, layers: dict[str, LayerPlan], boundaries: tuple[float, ...]) -> Plan:

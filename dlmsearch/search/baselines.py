@@ -25,9 +25,9 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from dlmsearch.evaluators.sensitivity import SensitivityTable
-from dlmsearch.models.adapters import ATTENTION_ROLES
+from dlmsearch.models.grouping import LayerGroup
 from dlmsearch.plan import Plan
-from dlmsearch.spaces.space import LayerGroup, SearchSpace
+from dlmsearch.spaces.space import SearchSpace
 
 logger = logging.getLogger("dlmsearch.search.baselines")
 
@@ -47,18 +47,19 @@ class IntegerProgramSolution:
 
 
 def group_sensitivity(table: SensitivityTable, group: LayerGroup, bits: int) -> float | None:
-    """KL of ``group`` at ``bits`` from the table's block / role entries (summed over the blocks and
-    parts the group spans); ``None`` when the table has no entry for ``bits``."""
+    """KL of ``group`` at ``bits`` from the table's rows (a block's attention or MLP linears) that share
+    linears with the group, summed; ``None`` when such a row has no entry for ``bits``."""
     if bits == DENSE_BITS:
         return 0.0
-    parts = (["attn"] if group.roles & ATTENTION_ROLES else []) + (["mlp"] if group.roles - ATTENTION_ROLES else [])
+    modules = set(group.modules)
     total = 0.0
-    for block in group.blocks:
-        for part in parts:
-            entry = table.layers.get(f"block{block}.{part}", {}).get(f"w{bits}")
-            if entry is None:
-                return None
-            total += max(0.0, entry)
+    for row, members in table.layer_groups.items():
+        if modules.isdisjoint(members):
+            continue
+        entry = table.layers.get(row, {}).get(f"w{bits}")
+        if entry is None:
+            return None
+        total += max(0.0, entry)
     return total
 
 

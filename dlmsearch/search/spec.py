@@ -31,12 +31,12 @@ import yaml
 from dlmsearch.cost_models.hardware_spec import list_hardware, yaml_error_summary, yaml_number
 from dlmsearch.evaluators.full import FullSettings
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
+from dlmsearch.models.grouping import LAYER_GROUPINGS
 from dlmsearch.models.sampler_rules import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
 
 OBJECTIVES: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")
 SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
-LAYER_GROUPINGS: tuple[str, ...] = ("block_role", "block", "contiguous", "per_layer")
 TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
 FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
 ISOLATIONS: tuple[str, ...] = ("process", "none")

@@ -10,9 +10,10 @@ with a single allowed value creates no parameter. Names:
 - ``<group>.sparsity``; ``<group>.structure`` (only the structures every linear of the group can
   take); ``prune_method``; ``steps``; ``block_length``.
 
-Layer groups (``layer_grouping``): ``block_role`` = ``block<i>.attn`` / ``block<i>.mlp`` (the
-sensitivity table's groups), ``block`` = ``block<i>``, ``contiguous`` = ``blocks<i>-<j>.attn|mlp``
-over ``layer_groups`` runs of consecutive blocks, ``per_layer`` = each linear by module name.
+Layer groups (``layer_grouping``) are those of :func:`dlmsearch.models.grouping.layer_groups`:
+``block_role`` = ``block<i>.attn`` / ``block<i>.mlp`` (the sensitivity table's groups), ``block`` =
+``block<i>``, ``contiguous`` = ``blocks<i>-<j>.attn|mlp`` over ``layer_groups`` runs of consecutive
+blocks, ``per_layer`` = each linear by module name.
 
 Two repairs keep every Plan valid without conditional parameters, both deterministic: a
 ``block_length`` the sampler refuses for the trial's ``steps`` becomes the nearest accepted one
@@ -25,14 +26,14 @@ cost model prices the Plan that actually runs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from dlmsearch.compress.apply import realizable_ratio
-from dlmsearch.models.adapters import ATTENTION_ROLES, LinearInfo, ModelShape
+from dlmsearch.models.adapters import LinearInfo, ModelShape
+from dlmsearch.models.grouping import LayerGroup, layer_groups
 from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import STRUCTURE_ROLES, LayerPlan, ModelRef, Plan, SamplerSettings
 
@@ -42,39 +43,6 @@ if TYPE_CHECKING:  # the spec module imports nothing of this one, but dlmsearch.
 
 class SearchSpaceError(ValueError):
     """The space cannot be built for this model (e.g. a group size that divides no layer)."""
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """Linears that share one setting in the search."""
-
-    name: str
-    modules: tuple[str, ...]
-    roles: frozenset[str]
-    blocks: tuple[int, ...]
-
-
-def layer_groups(linears: Sequence[LinearInfo], grouping: str, contiguous_groups: int = 4) -> list[LayerGroup]:
-    """Group ``linears`` as ``grouping`` says (see the module docstring); order follows the model."""
-    num_blocks = max(info.block for info in linears) + 1
-    keys: dict[str, list[LinearInfo]] = {}
-    for info in linears:
-        part = "attn" if info.role in ATTENTION_ROLES else "mlp"
-        if grouping == "per_layer":
-            key = info.name
-        elif grouping == "block":
-            key = f"block{info.block}"
-        elif grouping == "contiguous":
-            runs = min(contiguous_groups, num_blocks)
-            index = info.block * runs // num_blocks
-            first = -(-index * num_blocks // runs)
-            last = -(-(index + 1) * num_blocks // runs) - 1
-            key = f"blocks{first}-{last}.{part}"
-        else:
-            key = f"block{info.block}.{part}"
-        keys.setdefault(key, []).append(info)
-    return [LayerGroup(name, tuple(i.name for i in infos), frozenset(i.role for i in infos),
-                       tuple(sorted({i.block for i in infos}))) for name, infos in keys.items()]
 
 
 class SearchSpace:

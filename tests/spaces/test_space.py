@@ -11,7 +11,7 @@ from dlmsearch.models.loading import build_random_model
 from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import ModelRef
 from dlmsearch.search.spec import spec_from_dict
-from dlmsearch.spaces import SearchSpace, SearchSpaceError, layer_groups
+from dlmsearch.spaces import SearchSpace, SearchSpaceError
 
 ADAPTER = build_random_model("llama", num_layers=4, hidden_size=64, num_heads=4, intermediate_size=128)
 LINEARS = list(ADAPTER.linears())
@@ -32,16 +32,6 @@ def draw(space: SearchSpace, sampler: optuna.samplers.BaseSampler, n: int) -> li
         plans.append(space.suggest(trial))
         study.tell(trial, 0.0)
     return plans
-
-
-def test_groupings_partition_the_linears() -> None:
-    for grouping, count in (("block_role", 8), ("block", 4), ("contiguous", 4), ("per_layer", len(LINEARS))):
-        groups = layer_groups(LINEARS, grouping, contiguous_groups=2)
-        assert len(groups) == count, grouping
-        modules = [m for g in groups for m in g.modules]
-        assert sorted(modules) == sorted(i.name for i in LINEARS)
-    assert [g.name for g in layer_groups(LINEARS, "contiguous", 2)] == [
-        "blocks0-1.attn", "blocks0-1.mlp", "blocks2-3.attn", "blocks2-3.mlp"]
 
 
 def test_parameter_names_are_fixed_and_unconditional() -> None:
