@@ -56,8 +56,6 @@ ALLOWED_UPWARD = {
     ("dlmsearch/models/loading.py", "dlmsearch.compress.persist"),
     # run_study writes the run folder's report when its trials are done (write_outputs=True)
     ("dlmsearch/search/runner.py", "dlmsearch.reports.study_report"),
-    # type annotations only (TYPE_CHECKING): the space is built from the study spec's space section
-    ("dlmsearch/spaces/space.py", "dlmsearch.search.spec"),
 }
 
 

@@ -34,10 +34,10 @@ from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from dlmsearch.models.grouping import LAYER_GROUPINGS
 from dlmsearch.models.sampler_rules import REMASKING_STRATEGIES, check_sampler_settings
 from dlmsearch.plan import ACT_BITS, GROUP_SIZES, PRUNE_METHODS, QUANT_METHODS, STRUCTURES, WEIGHT_BITS, WEIGHT_STORAGES
+from dlmsearch.spaces.spec import TIMESTEP_SCHEDULES, GenerationSpec, SpaceSpec, SparsityRange
 
 OBJECTIVES: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")
 SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
-TIMESTEP_SCHEDULES: tuple[str, ...] = ("free", "rising", "falling")
 FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
 ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
@@ -61,49 +61,6 @@ class StudySpecError(ValueError):
     def __init__(self, problems: Sequence[str], source: str = "study spec") -> None:
         self.problems = list(problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class SparsityRange:
-    """Sparsity values the search may pick: ``min``, ``min + step``, ..., ``max``."""
-
-    min: float = 0.0
-    max: float = 0.5
-    step: float = 0.1
-
-    def values(self) -> tuple[float, ...]:
-        """Every allowed value, rounded to 6 decimals."""
-        count = int(round((self.max - self.min) / self.step)) if self.step > 0 else 0
-        return tuple(round(self.min + i * self.step, 6) for i in range(count + 1))
-
-
-@dataclass(frozen=True)
-class SpaceSpec:
-    """Which knobs the search turns and over which values (see :mod:`dlmsearch.spaces`)."""
-
-    layer_grouping: str = "block_role"  # one setting per (block, attention | MLP): ~20-60 knobs on 6-32 blocks
-    layer_groups: int = 4  # number of contiguous block groups when layer_grouping is "contiguous"
-    timestep_groups: int = 2  # early (noisy) and late (refining) denoising steps
-    timestep_schedule: str = "free"  # free: bits per timestep group; rising / falling: monotone schedule
-    weight_bits: tuple[int, ...] = (2, 3, 4, 8, 16)
-    act_bits: tuple[int, ...] = (16,)
-    sparsity: SparsityRange = field(default_factory=SparsityRange)
-    prune_methods: tuple[str, ...] = ("wanda",)
-    structures: tuple[str, ...] = ("unstructured",)
-    quant_method: str = "rtn"
-    group_size: int = 64
-    steps: tuple[int, ...] = (16, 32, 64)
-    block_lengths: tuple[int, ...] = (16, 32, 64)
-    weight_storage: str = "nested"
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """What one generation looks like: the workload that latency and quality refer to."""
-
-    gen_length: int = 64
-    prompt_length: int = 32  # tokens of prompt the cost model counts per step
-    remasking: str = "low_confidence"
 
 
 @dataclass(frozen=True)

@@ -2,5 +2,7 @@
 
 from dlmsearch.models.grouping import LayerGroup, layer_groups
 from dlmsearch.spaces.space import SearchSpace, SearchSpaceError
+from dlmsearch.spaces.spec import GenerationSpec, SpaceSpec, SparsityRange
 
-__all__ = ["LayerGroup", "SearchSpace", "SearchSpaceError", "layer_groups"]
+__all__ = ["GenerationSpec", "LayerGroup", "SearchSpace", "SearchSpaceError", "SpaceSpec", "SparsityRange",
+           "layer_groups"]

@@ -26,7 +26,7 @@ cost model prices the Plan that actually runs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -36,9 +36,7 @@ from dlmsearch.models.adapters import LinearInfo, ModelShape
 from dlmsearch.models.grouping import LayerGroup, layer_groups
 from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import STRUCTURE_ROLES, LayerPlan, ModelRef, Plan, SamplerSettings
-
-if TYPE_CHECKING:  # the spec module imports nothing of this one, but dlmsearch.search's package does
-    from dlmsearch.search.spec import GenerationSpec, SpaceSpec
+from dlmsearch.spaces.spec import GenerationSpec, SpaceSpec
 
 
 class SearchSpaceError(ValueError):
@@ -46,7 +44,7 @@ class SearchSpaceError(ValueError):
 
 
 class SearchSpace:
-    """The knobs of a :class:`~dlmsearch.search.spec.SpaceSpec` for one model's linears."""
+    """The knobs of a :class:`~dlmsearch.spaces.spec.SpaceSpec` for one model's linears."""
 
     def __init__(self, space: SpaceSpec, generation: GenerationSpec, model: ModelRef,
                  linears: Sequence[LinearInfo], shape: ModelShape | None = None) -> None:
