@@ -29,7 +29,9 @@ from typing import Any
 import yaml
 
 from dlmsearch.cost_models.hardware_spec import list_hardware, yaml_error_summary, yaml_number
+from dlmsearch.evaluators.base import FIDELITIES
 from dlmsearch.evaluators.full import FullSettings
+from dlmsearch.evaluators.proxy import ProxySettings
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME, EMBEDDED_MODELS
 from dlmsearch.models.grouping import LAYER_GROUPINGS
 from dlmsearch.models.sampler_rules import REMASKING_STRATEGIES, check_sampler_settings
@@ -38,17 +40,17 @@ from dlmsearch.spaces.spec import TIMESTEP_SCHEDULES, GenerationSpec, SpaceSpec,
 
 OBJECTIVES: tuple[str, ...] = ("quality", "latency_ms", "peak_mem_bytes")
 SAMPLERS: tuple[str, ...] = ("auto", "tpe", "gp", "nsga2", "random")
-FIDELITIES: tuple[str, ...] = ("multi", "low", "full")
+#: A study's evaluator fidelities: the evaluators' own, or multi (low first, full for front candidates).
+SEARCH_FIDELITIES: tuple[str, ...] = ("multi", *FIDELITIES)
 ISOLATIONS: tuple[str, ...] = ("process", "none")
 BUDGET_KEYS: tuple[str, ...] = ("latency_ms", "latency_per_step_ms", "peak_mem_bytes", "peak_mem_gb",
                                 "latency_fraction", "peak_mem_fraction")
-EVALUATOR_SETTINGS: tuple[str, ...] = (
-    "windows", "window_length", "repeats", "low_fidelity_windows", "low_fidelity_prompts", "low_fidelity_free_rows",
-    "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "prompt_length",
-    "trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight", "step_diversity_weight",
-    "step_rows", "unconditional_rows", "infill_windows", "infill_span", "infill_spans", "infill_window_length",
-    "infill_weight", "nelbo_repeats", "step_nelbo_repeats", "calibration_sequences", "seed", "step_cost_weight",
-    "step_cost_rows", "step_cost_windows", "step_cost_draws")
+#: ProxySettings fields a study may override: all but the data split (a study scores on the evaluation
+#: split) and batch_size (how the states are batched, not what is measured).
+EVALUATOR_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(ProxySettings)
+                                            if f.name not in ("split", "batch_size"))
+#: Those of them that are term weights (any number >= 0); the others are counts or seeds.
+_WEIGHT_SETTINGS = tuple(f.name for f in fields(ProxySettings) if isinstance(f.default, float))
 #: Evaluator settings that may be 0 (a term switched off, or seed 0).
 _ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
                      "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",
@@ -406,12 +408,11 @@ def _evaluator(c: _Checker, data: Any) -> EvaluatorSpec:
     raw = c.mapping("evaluator", data, tuple(f.name for f in fields(EvaluatorSpec)))
     values: dict[str, Any] = {}
     if "fidelity" in raw:
-        values["fidelity"] = c.choice("evaluator.fidelity", raw["fidelity"], FIDELITIES)
+        values["fidelity"] = c.choice("evaluator.fidelity", raw["fidelity"], SEARCH_FIDELITIES)
     if "settings" in raw:
         settings = c.mapping("evaluator.settings", raw["settings"], EVALUATOR_SETTINGS)
         for key, value in settings.items():
-            if key in ("trajectory_weight", "step_weight", "dense_step_weight", "low_fidelity_free_weight",
-                       "step_diversity_weight", "infill_weight", "step_cost_weight"):
+            if key in _WEIGHT_SETTINGS:
                 c.number(f"evaluator.settings.{key}", value, low_open=False)
             elif key in EVALUATOR_SETTINGS:
                 c.integer(f"evaluator.settings.{key}", value, 0 if key in _ZERO_OK_SETTINGS else 1)

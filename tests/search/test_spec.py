@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dlmsearch.evaluators import ProxySettings
-from dlmsearch.search.spec import EVALUATOR_SETTINGS, StudySpecError, load_study_spec, spec_from_dict
+from dlmsearch.evaluators import FIDELITIES, ProxySettings
+from dlmsearch.search.spec import StudySpecError, load_study_spec, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,8 +111,12 @@ def test_relative_budgets_resolve_against_the_dense_plan() -> None:
 
 
 def test_every_evaluator_setting_reaches_the_proxy() -> None:
-    fields = {f.name for f in dataclasses.fields(ProxySettings)}
-    assert fields - set(EVALUATOR_SETTINGS) == {"split", "batch_size"}  # the data split and batching are not knobs
+    knobs = {f.name: f.default for f in dataclasses.fields(ProxySettings) if f.name not in ("split", "batch_size")}
+    spec = spec_from_dict({"study": "s", "evaluator": {"settings": knobs}})
+    assert ProxySettings(**dict(spec.evaluator.settings)) == ProxySettings()
+    for key in ("split", "batch_size"):  # the data split and batching are not knobs
+        with pytest.raises(StudySpecError, match=f"evaluator.settings.{key}: unknown field"):
+            spec_from_dict({"study": "s", "evaluator": {"settings": {key: ProxySettings().batch_size}}})
     spec = spec_from_dict({"study": "s", "evaluator": {"settings": {
         "nelbo_repeats": 4, "step_nelbo_repeats": 32, "dense_step_weight": 0.25, "step_diversity_weight": 0,
         "low_fidelity_free_steps": 0}}})
@@ -121,3 +125,10 @@ def test_every_evaluator_setting_reaches_the_proxy() -> None:
     assert (settings.step_diversity_weight, settings.low_fidelity_free_steps) == (0, 0)
     with pytest.raises(StudySpecError, match="evaluator.settings.step_diversity_weight"):
         spec_from_dict({"study": "s", "evaluator": {"settings": {"step_diversity_weight": -1}}})
+
+
+def test_a_study_takes_every_evaluator_fidelity_or_multi() -> None:
+    for fidelity in ("multi", *FIDELITIES):
+        assert spec_from_dict({"study": "s", "evaluator": {"fidelity": fidelity}}).evaluator.fidelity == fidelity
+    with pytest.raises(StudySpecError, match="evaluator.fidelity: 'medium' is not allowed; allowed: multi, low, full"):
+        spec_from_dict({"study": "s", "evaluator": {"fidelity": "medium"}})
