@@ -46,6 +46,7 @@ from proxy_fidelity import random_plan  # noqa: E402
 from dlmsearch.evaluators import ProxyEvaluator  # noqa: E402
 from dlmsearch.evaluators.infill_task import InfillTask  # noqa: E402
 from dlmsearch.evaluators.plan_compressor import PlanCompressor  # noqa: E402
+from dlmsearch.evaluators.proxy_terms import MaskedKL  # noqa: E402
 from dlmsearch.models.adapters import DLMAdapter  # noqa: E402
 from dlmsearch.models.loading import load_model  # noqa: E402
 from dlmsearch.models.sampler import generate  # noqa: E402
@@ -63,7 +64,7 @@ class Terms:
         self.proxy.compressor = PlanCompressor(adapter, None, calibration_sequences, 0)
         self.rows, self.windows = rows, windows
         self.task = InfillTask.with_spans(self.proxy.windows[:windows], 4, 6, SPAN_SEED)
-        self.prompts = self.proxy._prompts(prompts, 64)
+        self.prompts = self.proxy.prompts(prompts, 64)
         self.dense: dict[tuple[int, int], dict[str, Any]] = {}
         self.seconds: dict[str, list[float]] = {}
 
@@ -82,8 +83,8 @@ class Terms:
         free = run("free_rows", lambda: generate(model, torch.empty(self.rows, 0, dtype=torch.long), seed=ROW_SEED,
                                                  **dataclasses.asdict(sampled)))
         prompted = run("prompted", lambda: generate(model, self.prompts, seed=ROW_SEED, **dataclasses.asdict(sampler)))
-        return {"free": run("free_nelbo", lambda: self.proxy._nelbo(free)),
-                "prompted": prompted, "prompted_nelbo": self.proxy._nelbo(prompted),
+        return {"free": run("free_nelbo", lambda: self.proxy.nelbo(free)),
+                "prompted": prompted, "prompted_nelbo": self.proxy.nelbo(prompted),
                 "infill": run("infill", lambda: self.task.fill(model, sampler.steps / sampler.gen_length,
                                                                sampler.block_length, self.windows))}
 
@@ -98,7 +99,7 @@ class Terms:
     def measure(self, plan: Plan) -> dict[str, float]:
         dense = self._dense(plan.sampler)
         model = self._timed("compress", lambda: self.proxy.compressed(plan))
-        kl = self._timed("kl", lambda: self.proxy.masked_kl(model, plan, "full"))
+        kl = self._timed("kl", lambda: MaskedKL("full").measure(self.proxy, model, plan)["kl"])
         got = self._outputs(model, plan.sampler, True)
         step_free = dense["plan"]["free"] - dense["best"]["free"]
         step_prompted = dense["plan"]["prompted_nelbo"] - dense["best"]["prompted_nelbo"]

@@ -13,7 +13,8 @@ from dlmsearch.evaluators import ProxyEvaluator, ProxySettings, QualityResult
 from dlmsearch.evaluators import proxy as proxy_module
 from dlmsearch.evaluators import reference as reference_module
 from dlmsearch.evaluators.full import distinct_ngrams
-from dlmsearch.evaluators.proxy import MaskedStates, build_masked_states, mask_like_sampler
+from dlmsearch.evaluators.masked_states import MaskedStates, build_masked_states, mask_like_sampler
+from dlmsearch.evaluators.proxy_terms import FreeGap, MaskedKL
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import Plan, uniform_plan
 from tests.evaluators.tiny import tiny_data, tiny_model
@@ -100,11 +101,6 @@ def test_low_fidelity_and_bad_fidelity() -> None:
     # low fidelity: no trajectory or infill term; free rows at its own step count, whatever the Plan's
     assert low.metrics["trajectory"] == 0.0 and "trajectory_agreement" not in low.metrics
     assert "infill_agreement" not in low.metrics and low.metrics["free_steps"] == 8.0
-    m, s = low.metrics, SETTINGS
-    assert low.score == pytest.approx(m["kl"] + s.low_fidelity_free_weight * max(0.0, m["free_gap"])
-                                      + s.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
-                                      + s.step_diversity_weight * m["steps_prompted_diversity_gap"]
-                                      + s.step_cost_weight * m["step_cost"])
     assert evaluator.evaluate(_plan(adapter), fidelity="low").score == 0.0
     generating = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_rows=0,
                                                          low_fidelity_infill_windows=1))
@@ -159,7 +155,7 @@ def test_more_low_fidelity_windows_than_full_fidelity_ones() -> None:
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, windows=2, low_fidelity_windows=5))
     plan = _plan(adapter, weight_bits=2)
     model = evaluator.compressed(plan)
-    low, full = evaluator.masked_kl(model, plan, "low"), evaluator.masked_kl(model, plan, "full")
+    low, full = (MaskedKL(fidelity).measure(evaluator, model, plan)["kl"] for fidelity in ("low", "full"))
     assert low > 0 and full > 0 and low != full
     assert evaluator.evaluate(plan, "low").metrics["kl"] == low and evaluator.evaluate(plan).metrics["kl"] == full
 
@@ -175,13 +171,14 @@ def test_the_dense_step_term_takes_its_own_nelbo_masks(monkeypatch: pytest.Monke
     monkeypatch.setattr(proxy_module, "evaluate_nelbo", spy)
     adapter = tiny_model()
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, trajectory_prompts=0, nelbo_repeats=3,
-                                                        step_nelbo_repeats=5))
+                                                        step_nelbo_repeats=5, unconditional_rows=2))
     plan = _plan(adapter, weight_bits=2, steps=4)
-    evaluator.free_term(evaluator.compressed(plan), plan.sampler, 2)
+    free_gap = FreeGap(evaluator.settings, "full")
+    free_gap.measure(evaluator, evaluator.compressed(plan), plan)
     assert repeats == [3, 3]  # the Plan's rows, then the dense rows under the same masks (once: cached)
     evaluator.step_term(plan.sampler)
     assert repeats == [3, 3] + [5] * 4  # the dense rows at the Plan's steps and at one token per step
-    evaluator.free_term(evaluator.compressed(plan), plan.sampler, 2)
+    free_gap.measure(evaluator, evaluator.compressed(plan), plan)
     evaluator.step_term(plan.sampler)
     assert repeats == [3, 3] + [5] * 4 + [3]
 
@@ -211,12 +208,31 @@ def test_no_infill_windows_means_no_infill_term() -> None:
     adapter = tiny_model()
     evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, infill_windows=0, trajectory_prompts=0))
     result = evaluator.evaluate(_plan(adapter, weight_bits=2))
-    assert "infill_agreement" not in result.metrics
-    m = result.metrics
-    assert result.score == pytest.approx(m["kl"] + SETTINGS.step_weight * max(0.0, m["free_gap"])
-                                         + SETTINGS.dense_step_weight * max(0.0, m["steps_unconditional_gap"])
-                                         + SETTINGS.step_diversity_weight * m["steps_prompted_diversity_gap"]
-                                         + SETTINGS.step_cost_weight * m["step_cost"])
+    assert "infill_agreement" not in result.metrics and result.score >= result.metrics["kl"] > 0
+
+
+@pytest.mark.parametrize("fidelity", ["low", "full"])
+def test_each_named_weight_scales_its_own_term_and_changes_no_measurement(fidelity: str) -> None:
+    adapter = tiny_model()
+    plan = _plan(adapter, weight_bits=2, steps=2)
+    base = _evaluator(adapter).evaluate(plan, fidelity)
+    free_weight = "low_fidelity_free_weight" if fidelity == "low" else "free_gap_weight"
+    kl_only = {name: 0.0 for name in ("trajectory_weight", free_weight, "dense_step_weight",
+                                      "step_diversity_weight", "step_cost_weight", "infill_weight")}
+    only = _evaluator(adapter, dataclasses.replace(SETTINGS, **kl_only)).evaluate(plan, fidelity)
+    assert only.metrics == base.metrics and only.score == base.metrics["kl"]
+    doubled = dataclasses.replace(SETTINGS, step_cost_weight=2 * SETTINGS.step_cost_weight)
+    extra = _evaluator(adapter, doubled).evaluate(plan, fidelity).score - base.score
+    assert base.metrics["step_cost"] > 0
+    assert extra == pytest.approx(SETTINGS.step_cost_weight * base.metrics["step_cost"], rel=1e-9)
+
+
+def test_weights_do_not_enter_the_reference_cache_key() -> None:
+    adapter = tiny_model()
+    reweighted = _evaluator(adapter, dataclasses.replace(SETTINGS, free_gap_weight=1.0, kl_weight=2.0))
+    remeasured = _evaluator(adapter, dataclasses.replace(SETTINGS, nelbo_repeats=3))
+    key = _evaluator(adapter).reference_key(kind="x")
+    assert reweighted.reference_key(kind="x") == key != remeasured.reference_key(kind="x")
 
 
 def test_masked_states_are_shaped_like_the_sampler_s() -> None:
@@ -237,14 +253,15 @@ def test_masked_states_are_shaped_like_the_sampler_s() -> None:
 
 def test_low_fidelity_free_rows_use_a_fixed_step_count() -> None:
     adapter = tiny_model()
-    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=6))
+    fixed = FreeGap(dataclasses.replace(SETTINGS, low_fidelity_free_steps=6), "low")
     two_blocks = uniform_plan(adapter, gen_length=8, block_length=4, steps=2).sampler
-    assert evaluator.low_fidelity_sampler(two_blocks).steps == 6  # a multiple of the 2 blocks
-    assert evaluator.low_fidelity_sampler(dataclasses.replace(two_blocks, steps=8)).steps == 6
-    capped = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=32))
-    assert capped.low_fidelity_sampler(two_blocks).steps == 8  # at most one token per step
+    assert fixed.sampler(two_blocks).steps == 6  # a multiple of the 2 blocks
+    assert fixed.sampler(dataclasses.replace(two_blocks, steps=8)).steps == 6
+    capped = FreeGap(dataclasses.replace(SETTINGS, low_fidelity_free_steps=32), "low")
+    assert capped.sampler(two_blocks).steps == 8  # at most one token per step
+    assert FreeGap(dataclasses.replace(SETTINGS, low_fidelity_free_steps=0), "low").sampler(two_blocks) == two_blocks
+    assert FreeGap(SETTINGS, "full").sampler(two_blocks) == two_blocks  # full fidelity: the Plan's own steps
     plans_own = _evaluator(adapter, dataclasses.replace(SETTINGS, low_fidelity_free_steps=0))
-    assert plans_own.low_fidelity_sampler(two_blocks) == two_blocks
     plan = _plan(adapter, weight_bits=2, steps=2)
     assert plans_own.evaluate(plan, "low").metrics["free_steps"] == 2.0
 
@@ -262,7 +279,7 @@ def test_the_masked_token_nelbo_gap_is_the_log_likelihood_lost_on_the_held_out_c
         logp = torch.log_softmax(adapter.forward_logits(states.ids[rows]).float(), dim=-1)
     truth = states.text[rows][:, :, None]
     lost = (logp.gather(2, truth) - logq.gather(2, truth))[..., 0][states.masked[rows]]
-    assert evaluator.masked_kl_parts(model, plan)["nelbo_gap"] == pytest.approx(float(lost.mean()), rel=1e-4)
+    assert MaskedKL("full").measure(evaluator, model, plan)["nelbo_gap"] == pytest.approx(float(lost.mean()), rel=1e-4)
     assert evaluator.evaluate(_plan(adapter)).metrics["nelbo_gap"] == 0.0
 
 
@@ -271,9 +288,9 @@ def test_the_step_diversity_term_is_the_dense_prompted_rows_lost_variety() -> No
     evaluator = _evaluator(adapter)
     sampler = _plan(adapter, steps=2).sampler
     parts = evaluator.step_term(sampler)
-    prompts = evaluator._prompts(SETTINGS.step_rows, sampler.gen_length)
-    few = evaluator._dense_generation(sampler, prompts, nelbo_repeats=SETTINGS.step_nelbo_repeats)[0]
-    best = evaluator._dense_generation(dataclasses.replace(sampler, steps=sampler.gen_length), prompts,
+    prompts = evaluator.prompts(SETTINGS.step_rows, sampler.gen_length)
+    few = evaluator.dense_generation(sampler, prompts, nelbo_repeats=SETTINGS.step_nelbo_repeats)[0]
+    best = evaluator.dense_generation(dataclasses.replace(sampler, steps=sampler.gen_length), prompts,
                                        nelbo_repeats=SETTINGS.step_nelbo_repeats)[0]
     start = prompts.shape[1]
     expected = max(0.0, distinct_ngrams(best[:, start:]) - distinct_ngrams(few[:, start:]))
