@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from dlmsearch.plan import (
     WEIGHT_STORAGES,
     Plan,
     PlanValidationError,
+    SamplerSettings,
     load_plan,
 )
 
@@ -38,28 +40,28 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 #: Sampler defaults when neither the command line nor a compressed model's Plan sets them.
-SAMPLER_DEFAULTS = {"steps": 64, "gen_length": 64, "block_length": 16, "remasking": "low_confidence",
-                    "temperature": 0.0}
+SAMPLER_DEFAULTS: dict[str, Any] = dataclasses.asdict(SamplerSettings())
+#: ``generate``'s own: 16-token blocks, since one 64-token block degenerates into spaces on the embedded model.
+GENERATE_DEFAULTS: dict[str, Any] = {**SAMPLER_DEFAULTS, "block_length": 16}
 
 
-def _add_sampler_args(parser: argparse.ArgumentParser) -> None:
+def _add_sampler_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     note = "default: the compressed model's Plan, else {}"
-    parser.add_argument("--steps", type=int, help="denoising steps, " + note.format(SAMPLER_DEFAULTS["steps"]))
-    parser.add_argument("--gen-length", type=int, help="tokens to generate, "
-                        + note.format(SAMPLER_DEFAULTS["gen_length"]))
+    parser.add_argument("--steps", type=int, help="denoising steps, " + note.format(defaults["steps"]))
+    parser.add_argument("--gen-length", type=int, help="tokens to generate, " + note.format(defaults["gen_length"]))
     parser.add_argument("--block-length", type=int, help="semi-autoregressive block length, "
-                        + note.format(SAMPLER_DEFAULTS["block_length"]))
+                        + note.format(defaults["block_length"]))
     parser.add_argument("--remasking", choices=REMASKING_STRATEGIES, help="default: the Plan's, else low_confidence")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the Plan's, else 0)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _sampler_settings(args: argparse.Namespace, plan_sampler: Any) -> dict[str, Any]:
-    """Explicit flags win, then the compressed model's Plan, then :data:`SAMPLER_DEFAULTS`."""
-    settings = dict(SAMPLER_DEFAULTS)
+def _sampler_settings(args: argparse.Namespace, plan_sampler: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Explicit flags win, then the compressed model's Plan, then ``defaults``."""
+    settings = dict(defaults)
     if plan_sampler is not None:
-        settings.update({key: getattr(plan_sampler, key) for key in SAMPLER_DEFAULTS})
-    settings.update({key: getattr(args, key) for key in SAMPLER_DEFAULTS if getattr(args, key) is not None})
+        settings.update({key: getattr(plan_sampler, key) for key in defaults})
+    settings.update({key: getattr(args, key) for key in defaults if getattr(args, key) is not None})
     return settings
 
 
@@ -70,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     adapter = load_model(args.model, trust_remote_code=args.trust_remote_code)
     record = adapter.compression
-    settings = _sampler_settings(args, record.plan.sampler if record is not None else None)
+    settings = _sampler_settings(args, record.plan.sampler if record is not None else None, GENERATE_DEFAULTS)
     prompt = adapter.encode(args.prompt).repeat(args.num_samples, 1)
     out = generate(adapter, prompt, seed=args.seed, **settings)
     for row in out:
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     gen.add_argument("--prompt", default="", help="text the answer follows")
     gen.add_argument("--num-samples", type=int, default=1)
-    _add_sampler_args(gen)
+    _add_sampler_args(gen, GENERATE_DEFAULTS)
     gen.set_defaults(func=cmd_generate)
 
     plan = sub.add_parser("plan", help="write Plans")
@@ -463,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--group-size", type=int, default=None, help="quantization group (0 = per channel)")
     init.add_argument("--timestep-groups", type=int, default=1)
     init.add_argument("--storage", choices=WEIGHT_STORAGES, default="nested")
-    init.add_argument("--steps", type=int, default=64)
-    init.add_argument("--gen-length", type=int, default=64)
+    init.add_argument("--steps", type=int, default=SAMPLER_DEFAULTS["steps"])
+    init.add_argument("--gen-length", type=int, default=SAMPLER_DEFAULTS["gen_length"])
     init.add_argument("--block-length", type=int, default=None)
     init.add_argument("-o", "--output", required=True, help="Plan JSON to write")
     init.set_defaults(func=cmd_plan_init)

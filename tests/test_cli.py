@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from dlmsearch.cli import main
 from dlmsearch.evaluators import FullSettings
+from dlmsearch.models import sampler
+from dlmsearch.plan import SamplerSettings
 
 
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +52,21 @@ def test_generate_prints_a_sample(capsys: pytest.CaptureFixture[str]) -> None:
                  "--block-length", "8"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ROMEO.") and len(out[:-1]) == 6 + 16  # prompt + gen_length characters
+
+
+def test_generate_defaults_are_the_samplers_but_16_token_blocks(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    used: dict[str, Any] = {}
+
+    def fake_generate(adapter: Any, prompt: torch.Tensor, seed: int, **settings: Any) -> torch.Tensor:
+        used.update(settings)
+        return prompt
+
+    monkeypatch.setattr(sampler, "generate", fake_generate)
+    assert main(["generate", "--prompt", "ROMEO."]) == 0
+    assert used == {**dataclasses.asdict(SamplerSettings()), "block_length": 16}
+    assert main(["generate", "--prompt", "ROMEO.", "--block-length", "64", "--steps", "8"]) == 0
+    assert (used["block_length"], used["steps"]) == (64, 8)
 
 
 def test_generate_rejects_bad_sampler_settings(capsys: pytest.CaptureFixture[str]) -> None:
