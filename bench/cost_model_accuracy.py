@@ -77,6 +77,7 @@ from dlmsearch.cost_models.measured import (
 )
 from dlmsearch.cost_models.profile import QUICK_TOKEN_COUNTS
 from dlmsearch.models.adapters import ATTENTION_ROLES, DLMAdapter, LinearInfo, ModelShape
+from dlmsearch.models.grouping import layer_groups
 from dlmsearch.models.loading import build_random_model, load_model
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
@@ -113,7 +114,10 @@ def _group(adapter: DLMAdapter, rng: random.Random, attention: bool, groups: int
 
 def _plan(w: Workload, attn: dict[int, LayerPlan], mlp: dict[int, LayerPlan], steps: int, boundaries: tuple,
           storage: str, block_length: int | None = None) -> Plan:
-    layers = {i.name: (attn if i.role in ATTENTION_ROLES else mlp)[i.block] for i in w.adapter.linears()}
+    layers = {}
+    for group in layer_groups(w.adapter.linears(), "block_role"):
+        per_block = attn if group.roles <= ATTENTION_ROLES else mlp
+        layers.update(dict.fromkeys(group.modules, per_block[group.blocks[0]]))
     sampler = SamplerSettings(steps=steps, gen_length=w.gen_length, block_length=block_length or w.gen_length)
     return Plan(ModelRef(w.adapter.name, w.adapter.shape.fingerprint), sampler, boundaries, storage, layers)
 

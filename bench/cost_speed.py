@@ -7,8 +7,8 @@ Reproduce with::
 
 Two shapes: the embedded model (42 linears) and LLaDA-8B (32 layers, 224 linears; shapes from
 RESEARCH.md) on the A100 80GB spec. Plans are random (seeded) per-(block, attention / MLP) weight
-bits over two timestep groups, sparsity, and step counts. Figures (``name: value``): Plans per
-second including encoding (``cost_many``), best of 3 runs.
+bits over two timestep groups, sparsity, and step counts, built by a ``SearchSpace``. Figures
+(``name: value``): Plans per second including encoding (``cost_many``), best of 3 runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 from dlmsearch.cost_models import AnalyticCostModel, load_hardware
 from dlmsearch.models.adapters import LinearInfo, ModelShape
 from dlmsearch.models.loading import load_model
-from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
+from dlmsearch.plan import ModelRef, Plan
+from dlmsearch.spaces import GenerationSpec, SearchSpace, SpaceSpec
 
 LLADA_8B = ModelShape("llama", 32, 4096, 32, 32, 128, 12288, 126464, 4096)
 LLADA_ROLES = (("q", 4096, 4096), ("k", 4096, 4096), ("v", 4096, 4096), ("o", 4096, 4096), ("gate", 4096, 12288),
@@ -32,21 +33,26 @@ def llada_linears() -> list[LinearInfo]:
     return [LinearInfo(f"model.layers.{b}.{r}", r, b, k, n) for b in range(32) for r, k, n in LLADA_ROLES]
 
 
+#: The knobs the Plans draw from: per (block, attention / MLP) group 2-16 weight bits early, 4-16 late,
+#: one activation width for both timestep groups, and a sparsity; a step count per Plan.
+SPACE = SpaceSpec(timestep_groups=2, weight_bits=(2, 3, 4, 8, 16), act_bits=(8, 16), steps=(8, 16, 32, 64),
+                  block_lengths=(64,), group_size=64)
+
+
 def random_plans(linears: list[LinearInfo], count: int, seed: int = 0) -> list[Plan]:
-    """Random Plans sharing one LayerPlan per (block, attention / MLP) group, as search spaces do."""
+    """Seeded random Plans of :data:`SPACE`, built by its :class:`SearchSpace`."""
+    space = SearchSpace(SPACE, GenerationSpec(gen_length=64), ModelRef("bench"), linears)
     rng = random.Random(seed)
     plans = []
     for _ in range(count):
-        groups = {}
-        for block in {i.block for i in linears}:
-            for part in ("attn", "mlp"):
-                groups[(block, part)] = LayerPlan((rng.choice((2, 3, 4, 8, 16)), rng.choice((4, 8, 16))),
-                                                  (rng.choice((8, 16)),) * 2, sparsity=rng.choice((0.0, 0.3, 0.5)),
-                                                  group_size=64)
-        layers = {i.name: groups[(i.block, "attn" if i.role in ("q", "k", "v", "o") else "mlp")] for i in linears}
-        steps = rng.choice((8, 16, 32, 64))
-        plans.append(Plan(ModelRef("bench"), SamplerSettings(steps=steps, gen_length=64, block_length=64), (0.5,),
-                          "nested", layers))
+        params: dict[str, float | int] = {}
+        for group in space.groups:
+            params[f"{group.name}.w0"] = rng.choice((2, 3, 4, 8, 16))
+            params[f"{group.name}.w1"] = rng.choice((4, 8, 16))
+            params[f"{group.name}.a0"] = params[f"{group.name}.a1"] = rng.choice((8, 16))
+            params[f"{group.name}.sparsity"] = rng.choice((0.0, 0.3, 0.5))
+        params["steps"] = rng.choice(SPACE.steps)
+        plans.append(space.plan_from_params(params))
     return plans
 
 

@@ -72,6 +72,7 @@ from dlmsearch.evaluators.base import settings_with
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
+from dlmsearch.models.grouping import layer_groups
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
@@ -98,13 +99,10 @@ def random_plan(adapter: DLMAdapter, rng: random.Random, space: str = "default")
     """A random Plan of ``space``: one setting per (block, attention | MLP) group, two timestep groups."""
     bits, sparsities, methods = SPACES[space]
     layers = {}
-    for block in range(adapter.shape.num_layers):
-        for part in ("attn", "mlp"):
-            setting = LayerPlan(weight_bits=(rng.choice(bits), rng.choice(bits)), act_bits=(16, 16),
-                                sparsity=rng.choice(sparsities), prune_method=rng.choice(methods), group_size=64)
-            for info in adapter.linears():
-                if info.block == block and (info.role in ("q", "k", "v", "o")) == (part == "attn"):
-                    layers[info.name] = setting
+    for group in layer_groups(adapter.linears(), "block_role"):
+        setting = LayerPlan(weight_bits=(rng.choice(bits), rng.choice(bits)), act_bits=(16, 16),
+                            sparsity=rng.choice(sparsities), prune_method=rng.choice(methods), group_size=64)
+        layers.update(dict.fromkeys(group.modules, setting))
     sampler = SamplerSettings(steps=rng.choice(STEPS), gen_length=64, block_length=32)
     return Plan(ModelRef(adapter.name, adapter.shape.fingerprint), sampler, (0.5,), "nested", layers)
 
