@@ -118,9 +118,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     plan = load_plan(path)
     if args.model:
+        from dlmsearch.compress import check_plan_fits
         from dlmsearch.models.loading import load_model
 
-        plan.validate_for(load_model(args.model, trust_remote_code=args.trust_remote_code), str(path))
+        check_plan_fits(plan, load_model(args.model, trust_remote_code=args.trust_remote_code), str(path))
     print(f"{path}: valid Plan ({len(plan.layers)} layers, {plan.num_timestep_groups} timestep group(s))")
     return 0
 
@@ -164,7 +165,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     adapter = load_model(args.model or plan.model.name, trust_remote_code=args.trust_remote_code)
-    plan.validate_for(adapter, args.plan)
     text_ids = read_text_ids(adapter, args.text, "--text") if args.text else None
     evaluator: FullEvaluator | ProxyEvaluator
     if args.evaluator == "full":
@@ -176,7 +176,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError("--prompts: only the full evaluator generates from prompts; allowed with --evaluator full")
         evaluator = ProxyEvaluator(adapter, settings_with(ProxySettings, args.set), text_ids=text_ids)
     print(f"scoring {args.plan} with the {args.evaluator} evaluator at {args.fidelity} fidelity", file=sys.stderr)
-    result = evaluator.evaluate(plan, args.fidelity)
+    try:
+        result = evaluator.evaluate(plan, args.fidelity)  # applying the Plan checks it against the model
+    except PlanValidationError as exc:
+        raise PlanValidationError(exc.issues, f"{args.plan} for model {adapter.name or '?'}") from None
     if args.json:
         print(json.dumps({"evaluator": args.evaluator, "fidelity": result.fidelity, "score": result.score,
                           "metrics": result.metrics}, indent=2))

@@ -158,53 +158,6 @@ class Plan:
             raise PlanValidationError(issues, source)
         return plan
 
-    def check_against(self, adapter: DLMAdapter) -> list[PlanIssue]:
-        """Problems of this Plan for a concrete model: unknown modules, wrong roles, bad shapes."""
-        issues: list[PlanIssue] = []
-        fingerprint = adapter.shape.fingerprint
-        if self.model.fingerprint and self.model.fingerprint != fingerprint:
-            issues.append(PlanIssue("model.fingerprint", self.model.fingerprint,
-                                    f"the loaded model's fingerprint {fingerprint!r}"))
-        linears = {info.name: info for info in adapter.linears()}
-        for name, layer in self.layers.items():
-            path = f"layers.{name}"
-            info = linears.get(name)
-            if info is None:
-                issues.append(PlanIssue(path, name, _name_hint(name, linears)))
-                continue
-            roles = STRUCTURE_ROLES.get(layer.structure)
-            if roles is not None and info.role not in roles:
-                issues.append(PlanIssue(f"{path}.structure", layer.structure,
-                                        f"'{layer.structure}' prunes {'/'.join(sorted(roles))} linears; "
-                                        f"this one is '{info.role}'"))
-            elif roles is not None:
-                issues.extend(_check_block_unit(self, name, layer, info.block, roles, linears))
-            if layer.group_size and info.in_features % layer.group_size:
-                issues.append(PlanIssue(f"{path}.group_size", layer.group_size,
-                                        f"0 or a divisor of in_features={info.in_features}"))
-        return issues
-
-    def validate_for(self, adapter: DLMAdapter, source: str | None = None) -> None:
-        """Raise :class:`PlanValidationError` if the Plan does not fit ``adapter``'s model
-        (``source``, e.g. the Plan's file, heads the message)."""
-        issues = self.check_against(adapter)
-        if issues:
-            raise PlanValidationError(issues, f"{source or 'plan'} for model {adapter.name or '?'}")
-
-
-def _check_block_unit(plan: Plan, name: str, layer: LayerPlan, block: int, roles: frozenset[str],
-                      linears: Mapping[str, Any]) -> list[PlanIssue]:
-    """Structured pruning removes heads / channels from every linear of the unit at once, so the
-    unit's linears must all say the same structure and ratio."""
-    partners = [info.name for info in linears.values() if info.block == block and info.role in roles]
-    for partner in partners:
-        other = plan.layers.get(partner)
-        if other is None or other.structure != layer.structure or other.sparsity != layer.sparsity:
-            return [PlanIssue(f"layers.{name}.structure", layer.structure,
-                              f"'{layer.structure}' with sparsity {layer.sparsity} on every one of "
-                              f"{', '.join(sorted(partners))} (they are pruned together)")]
-    return []
-
 
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a Plan JSON file (errors name the file and every bad field)."""
@@ -230,7 +183,9 @@ def uniform_plan(adapter: DLMAdapter, *, weight_bits: int = 16, act_bits: int = 
                  weight_storage: str = "nested") -> Plan:
     """The same settings for every linear of ``adapter``'s model (a starting point to edit).
 
-    ``group_size=None`` picks the largest of 128, 64, 32 that divides every layer's input size.
+    ``group_size=None`` picks the largest of 128, 64, 32 that divides every layer's input size. Like any
+    Plan it is checked against the model where it meets one (:func:`~dlmsearch.compress.apply_plan_`):
+    ``structure="heads"`` on every linear, say, is refused there.
     """
     if group_size is None:
         widths = {info.in_features for info in adapter.linears()}
@@ -241,11 +196,9 @@ def uniform_plan(adapter: DLMAdapter, *, weight_bits: int = 16, act_bits: int = 
                       group_size=group_size)
     sampler = SamplerSettings(steps=steps, gen_length=gen_length,
                               block_length=block_length or gen_length)
-    plan = Plan(model=ModelRef(adapter.name, adapter.shape.fingerprint), sampler=sampler,
+    return Plan(model=ModelRef(adapter.name, adapter.shape.fingerprint), sampler=sampler,
                 timestep_groups=groups, weight_storage=weight_storage,
                 layers={info.name: layer for info in adapter.linears()})
-    plan.validate_for(adapter)
-    return plan
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -261,14 +214,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _name_hint(name: str, known: Mapping[str, Any]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"a linear layer of the model, e.g. {next(iter(known), '-')!r}{hint}"
 
 
 def _check_plan(plan: Plan) -> list[PlanIssue]:
@@ -402,8 +347,5 @@ def _parse_plan(data: Any, issues: list[PlanIssue]) -> Plan | None:
                        ("timestep_groups", tuple(bounds)), ("weight_storage", storage),
                        ("layers", layers), ("version", PLAN_VERSION)):
         object.__setattr__(candidate, key, value)
-    issues.extend(_check_plan(candidate))
-    if issues:
-        return None
-    return Plan(model=candidate.model, sampler=sampler, timestep_groups=tuple(bounds),
-                weight_storage=storage, layers=layers)
+    issues.extend(_check_plan(candidate))  # built without __post_init__, so checked once, here
+    return None if issues else candidate

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from dlmsearch.compress import check_plan_fits, plan_issues
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import (
     LayerPlan,
     ModelRef,
     Plan,
+    PlanIssue,
     PlanValidationError,
     SamplerSettings,
     load_plan,
@@ -113,23 +115,23 @@ def test_direct_construction_is_validated() -> None:
 
 
 def test_plan_checked_against_a_model(plan: Plan, tiny_llama: DLMAdapter, tiny_qwen2: DLMAdapter) -> None:
-    assert plan.check_against(tiny_llama) == []
+    assert plan_issues(plan, tiny_llama) == []
     data = plan.to_dict()
     data["layers"]["model.layers.1.mlp.upproj"] = data["layers"].pop(UP1)
     data["layers"][Q0]["structure"] = "channels"
     data["layers"]["model.layers.0.mlp.down_proj"]["structure"] = "heads"
-    issues = {i.path: i for i in Plan.from_dict(data).check_against(tiny_llama)}
+    issues = {i.path: i for i in plan_issues(Plan.from_dict(data), tiny_llama)}
     assert "did you mean 'model.layers.1.mlp.up_proj'" in issues["layers.model.layers.1.mlp.upproj"].allowed
     assert "this one is 'q'" in issues[f"layers.{Q0}.structure"].allowed
     assert "this one is 'down'" in issues["layers.model.layers.0.mlp.down_proj.structure"].allowed
     with pytest.raises(PlanValidationError, match="model.fingerprint"):
-        plan.validate_for(tiny_qwen2)
+        check_plan_fits(plan, tiny_qwen2)
 
 
 def test_group_size_must_divide_layer_width(tiny_llama: DLMAdapter) -> None:
     data = uniform_plan(tiny_llama, weight_bits=4).to_dict()
     data["layers"][Q0]["group_size"] = 128  # in_features is 64
-    issues = Plan.from_dict(data).check_against(tiny_llama)
+    issues = plan_issues(Plan.from_dict(data), tiny_llama)
     assert [i.path for i in issues] == [f"layers.{Q0}.group_size"]
 
 
@@ -151,7 +153,22 @@ def test_structured_units_must_agree(tiny_llama: DLMAdapter) -> None:
     data = uniform_plan(tiny_llama).to_dict()
     for role in ("q_proj", "k_proj", "v_proj", "o_proj"):
         data["layers"][f"model.layers.0.self_attn.{role}"].update(structure="heads", sparsity=0.5)
-    assert Plan.from_dict(data).check_against(tiny_llama) == []
+    assert plan_issues(Plan.from_dict(data), tiny_llama) == []
     data["layers"]["model.layers.0.self_attn.v_proj"]["sparsity"] = 0.25
-    issues = Plan.from_dict(data).check_against(tiny_llama)
+    issues = plan_issues(Plan.from_dict(data), tiny_llama)
     assert issues and "pruned together" in issues[0].allowed
+
+
+def test_a_parsed_plan_is_field_checked_once(plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dlmsearch.plan as plan_module
+
+    calls: list[Plan] = []
+    real = plan_module._check_plan
+
+    def counting(candidate: Plan) -> list[PlanIssue]:
+        calls.append(candidate)
+        return real(candidate)
+
+    monkeypatch.setattr(plan_module, "_check_plan", counting)
+    assert Plan.from_dict(plan.to_dict()) == plan
+    assert len(calls) == 1

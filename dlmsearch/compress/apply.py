@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dlmsearch.compress.calibration import CalibrationSet, LinearInputStats, collect_input_statistics
+from dlmsearch.compress.plan_fit import check_plan_fits
 from dlmsearch.compress.prune import keep_mask, pruning_scores, pruning_statistics
 from dlmsearch.compress.quantized_linear import QuantConfig, QuantizedLinear
 from dlmsearch.compress.structured import (
@@ -233,7 +234,7 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     (dense) model are used when they cover the Plan. On any error the model is left exactly
     as it was. The record is also kept as ``adapter.compression`` for :func:`save_compressed`.
     """
-    plan.validate_for(adapter)
+    check_plan_fits(plan, adapter)
     if adapter.compression is not None:
         raise ValueError(f"model {adapter.name!r} is already compressed; load the original model to apply "
                          "another Plan")

@@ -317,7 +317,6 @@ class FullEvaluator(BaseEvaluator):
         of ``draws`` draws (one at low fidelity), with their spread as ``score_sd`` and each draw's score as
         ``score_draw<d>``."""
         check_fidelity(fidelity)
-        plan.validate_for(self.dense)
         model = self.compressed(plan)
         draws = [self._draw(model, plan.sampler, fidelity, d)
                  for d in range(1 if fidelity == "low" else self.settings.draws)]

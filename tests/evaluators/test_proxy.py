@@ -16,7 +16,7 @@ from dlmsearch.evaluators.full import distinct_ngrams
 from dlmsearch.evaluators.masked_states import MaskedStates, build_masked_states, mask_like_sampler
 from dlmsearch.evaluators.proxy_terms import FreeGap, MaskedKL
 from dlmsearch.models.adapters import DLMAdapter
-from dlmsearch.plan import Plan, uniform_plan
+from dlmsearch.plan import Plan, PlanValidationError, uniform_plan
 from tests.evaluators.tiny import tiny_data, tiny_model
 
 SETTINGS = ProxySettings(windows=6, window_length=32, repeats=2, low_fidelity_windows=2, trajectory_prompts=2,
@@ -323,3 +323,20 @@ def test_the_free_gap_compares_with_the_dense_model_at_the_plans_own_steps() -> 
     assert few.metrics["step_cost"] > 0 and few.score >= SETTINGS.step_cost_weight * few.metrics["step_cost"]
     harsh = evaluator.evaluate(_plan(adapter, weight_bits=2, steps=2))
     assert harsh.metrics["step_cost"] == few.metrics["step_cost"] and harsh.score > few.score
+
+
+def test_a_plan_is_checked_against_the_model_once_per_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlmsearch.compress import apply as apply_module
+
+    checked: list[Plan] = []
+    real = apply_module.check_plan_fits
+    monkeypatch.setattr(apply_module, "check_plan_fits", lambda plan, adapter: (checked.append(plan),
+                                                                                 real(plan, adapter))[1])
+    adapter = tiny_model()
+    evaluator = _evaluator(adapter)
+    plan = _plan(adapter, weight_bits=4)
+    evaluator.evaluate(plan)
+    assert checked == [plan]  # where the Plan meets the model: apply_plan_
+    bad = Plan.from_dict({**plan.to_dict(), "layers": {"model.layers.0.mlp.upproj": {"weight_bits": [4]}}})
+    with pytest.raises(PlanValidationError, match="did you mean 'model.layers.0.mlp.up_proj'"):
+        evaluator.evaluate(bad)

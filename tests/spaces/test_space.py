@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 import pytest
 
+from dlmsearch.compress import check_plan_fits
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.models.sampler_rules import check_sampler_settings
 from dlmsearch.plan import ModelRef
@@ -42,7 +43,7 @@ def test_parameter_names_are_fixed_and_unconditional() -> None:
     assert not any(n.endswith(".a0") for n in names)  # one allowed act width: no parameter
     assert len(names) == 8 * 3 + 2
     for plan in draw(space, optuna.samplers.RandomSampler(seed=1), 20):
-        plan.validate_for(ADAPTER)
+        check_plan_fits(plan, ADAPTER)
         s = plan.sampler
         assert not check_sampler_settings(s.gen_length, s.steps, s.block_length, s.remasking)
 
