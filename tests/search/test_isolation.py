@@ -65,6 +65,7 @@ def test_fifty_trials_in_recycled_children_keep_the_parent_flat(tmp_path: Path) 
     assert growth < PARENT_GROWTH_BOUND_MB, after_trial
 
 
+@pytest.mark.slow  # a child process loads the embedded model
 def test_isolated_scores_equal_in_process_scores() -> None:
     spec = isolated_spec()
     isolated = build_context(spec)
@@ -80,6 +81,7 @@ def test_isolated_scores_equal_in_process_scores() -> None:
                 assert set(remote.metrics) == set(here.metrics)
 
 
+@pytest.mark.slow  # a child process loads the embedded model
 def test_a_killed_child_fails_one_request_and_the_next_starts_a_new_one() -> None:
     context = build_context(isolated_spec())
     evaluator = context.evaluator
@@ -96,6 +98,7 @@ def test_a_killed_child_fails_one_request_and_the_next_starts_a_new_one() -> Non
         assert evaluator.child_pid not in (None, first)
 
 
+@pytest.mark.slow  # a child process loads the embedded model
 def test_an_error_in_the_child_names_it_and_the_child_is_replaced() -> None:
     context = build_context(isolated_spec())
     evaluator = context.evaluator
@@ -106,6 +109,7 @@ def test_an_error_in_the_child_names_it_and_the_child_is_replaced() -> None:
         assert evaluator.child_pid is None
 
 
+@pytest.mark.slow  # a child process loads the embedded model
 def test_an_interrupt_in_the_parent_kills_the_child_at_once() -> None:
     context = build_context(isolated_spec())
     evaluator = context.evaluator

@@ -36,7 +36,11 @@ def test_a_torn_last_record_is_dropped_and_the_study_resumes(make_context: Calla
 
 
 def test_a_damaged_line_is_refused_then_repaired(make_context: Callable[..., StudyContext], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the repair leaves the last trial RUNNING; the resume fails it as stale after the grace period
+    monkeypatch.setenv("DLMSEARCH_HEARTBEAT_S", "1")
+    monkeypatch.setenv("DLMSEARCH_GRACE_S", "5")
     context = make_context(warm_start=False)
     run_study(context.spec, tmp_path, n_trials=4, context=context, progress=False, write_outputs=False)
     journal = tmp_path / "journal.log"

@@ -81,7 +81,7 @@ def test_same_seed_gives_the_same_plans(make_context: Make, tmp_path: Path) -> N
     assert values[0] == values[1]
 
 
-@pytest.mark.parametrize(("sampler", "n_trials"), [("tpe", 50), ("random", 12)])
+@pytest.mark.parametrize(("sampler", "n_trials"), [pytest.param("tpe", 50, marks=pytest.mark.slow), ("random", 12)])
 def test_one_run_equals_an_interrupted_and_resumed_run(make_context: Make, tmp_path: Path, sampler: str,
                                                        n_trials: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """50 trials in one run = 25, Ctrl-C in the 26th, then a resume (the issue's case, on the tiny model)."""
