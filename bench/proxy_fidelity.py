@@ -52,6 +52,7 @@ Figures (``name: value``):
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -70,6 +71,7 @@ from dlmsearch.data import load_split
 from dlmsearch.evaluators import FullEvaluator, FullSettings, ProxyEvaluator, ProxySettings
 from dlmsearch.evaluators.base import settings_with
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
+from dlmsearch.evaluators.proxy_terms import proxy_terms
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.grouping import layer_groups
@@ -126,21 +128,33 @@ def kendall(a: list[float], b: list[float]) -> float:
 
 Weights = tuple[float, float, float, float, float, float]  # trajectory, free gap, infill, dense step, step
 # diversity, step cost
+#: The ProxySettings weight fields of a ``Weights`` tuple, in its order (the low fidelity's free gap has its own).
+WEIGHT_FIELDS = ("trajectory_weight", "free_gap_weight", "infill_weight", "dense_step_weight",
+                 "step_diversity_weight", "step_cost_weight")
 
 
-def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "proxy") -> list[float]:
+def term_values(rows: list[dict[str, float]], fidelity: str = "proxy") -> list[dict[str, float]]:
+    """Each row's proxy terms before their weights (:func:`~dlmsearch.evaluators.proxy_terms.proxy_terms`,
+    the proxy's own), keyed by their weight field, from the ``fidelity`` parts of a dump (a part the dump
+    lacks counts 0)."""
+    terms = proxy_terms(ProxySettings(), "low" if fidelity == "low" else "full")
+    values = []
+    for row in rows:
+        parts = collections.defaultdict(float, {key.partition(".")[2]: value for key, value in row.items()
+                                                if key.startswith(f"{fidelity}.")})
+        values.append({term.weight: term.value(parts) for term in terms})
+    return values
+
+
+def rescored(rows: list[dict[str, float]], weights: Weights, fidelity: str = "proxy",
+             values: list[dict[str, float]] | None = None) -> list[float]:
     """The proxy's score recomputed from its dumped parts with other (trajectory, free gap, infill, dense
-    step, step diversity, step cost) weights (the score is linear in them; a part the dump lacks counts 0)."""
-    trajectory, free, infill, dense, diversity, step_cost = weights
-
-    def part(row: dict[str, float], name: str, default: float = 0.0) -> float:
-        return row.get(f"{fidelity}.{name}", default)
-
-    return [row[f"{fidelity}.kl"] + trajectory * part(row, "trajectory") + free * max(0.0, part(row, "free_gap"))
-            + infill * (1.0 - part(row, "infill_agreement", 1.0))
-            + dense * max(0.0, part(row, "steps_unconditional_gap"))
-            + diversity * part(row, "steps_prompted_diversity_gap") + step_cost * part(row, "step_cost")
-            for row in rows]
+    step, step diversity, step cost) weights (the score is linear in them); ``values``: the rows'
+    :func:`term_values`, when already at hand."""
+    named = dict(zip(WEIGHT_FIELDS, weights, strict=True)) | {"kl_weight": 1.0}
+    named["low_fidelity_free_weight"] = named["free_gap_weight"]
+    return [sum(named[weight] * value for weight, value in row.items())
+            for row in (values if values is not None else term_values(rows, fidelity))]
 
 
 def step_only(rows: list[dict[str, float]], fidelity: str,
@@ -170,7 +184,8 @@ def tuned_weights(rows: list[dict[str, float]]) -> dict[str, float]:
                                        grid("infill_agreement", INFILL_WEIGHTS), DENSE_STEP_WEIGHTS,
                                        grid("steps_prompted_diversity_gap", STEP_DIVERSITY_WEIGHTS),
                                        grid("step_cost", STEP_COST_WEIGHTS))
-        rho, weights = max((spearman(rescored(rows, w, fidelity), full), w) for w in candidates)
+        values = term_values(rows, fidelity)
+        rho, weights = max((spearman(rescored(rows, w, values=values), full), w) for w in candidates)
         figures |= {f"{prefix}_trajectory_weight": weights[0], f"{prefix}_free_weight": weights[1],
                     f"{prefix}_infill_weight": weights[2], f"{prefix}_dense_step_weight": weights[3],
                     f"{prefix}_step_diversity_weight": weights[4], f"{prefix}_step_cost_weight": weights[5],
