@@ -23,6 +23,7 @@ from dlmsearch.plan import (
     SamplerSettings,
     load_plan,
 )
+from dlmsearch.search.attributes import METRICS_ATTR
 
 if TYPE_CHECKING:
     from dlmsearch.search.spec import StudySpec
@@ -354,7 +355,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     study = _open(args)
     trial, path = export_plan(study, args.output, number=args.trial, pick=args.pick, force=args.force)
-    metrics = trial.user_attrs.get("metrics", {})
+    metrics = trial.user_attrs.get(METRICS_ATTR, {})
     shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("latency_ms", "peak_mem_bytes") if k in metrics)
     print(f"wrote {path}: trial {trial.number} ({quality_note(study, trial)}, {shown})")
     print(f"apply it: dlmsearch apply {path} --out compressed/")
@@ -389,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_verification_line(summary.verification))
     print(f"report: {out / 'report.html'}")
     trial, path = export_plan(summary.study, out / "plan.json", pick="min quality")
-    metrics = trial.user_attrs["metrics"]
+    metrics = trial.user_attrs[METRICS_ATTR]
     print(f"plan: {path} (trial {trial.number}: the best quality within the budget; "
           f"{quality_note(summary.study, trial)}, latency {metrics['latency_ms']:.1f} ms, "
           f"memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")

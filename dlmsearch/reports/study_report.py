@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
+from dlmsearch.search.attributes import FIDELITY_ATTR, LIMITS_ATTR, PLAN_ATTR, REFERENCE_ATTR, SENSITIVITY_ATTR
 from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
 from dlmsearch.search.verification import Verification, proxy_agreement, verifications
 
@@ -106,14 +107,14 @@ def _summary(plan_data: dict[str, Any] | None) -> str:
 
 def front_data(study: optuna.Study) -> FrontData:
     """The points of every COMPLETE trial, which of them form the feasible front, and the budget."""
-    from dlmsearch.search.runner import LIMITS_ATTR
 
     objectives = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = {t.number for t in feasible_front(trials)}
     checked = verifications(study)
     points = [TrialPoint(t.number, dict(zip(objectives, t.values or [], strict=True)), is_feasible(t),
-                         t.number in front, _summary(t.user_attrs.get("plan")), str(t.user_attrs.get("fidelity", "")),
+                         t.number in front, _summary(t.user_attrs.get(PLAN_ATTR)),
+                         str(t.user_attrs.get(FIDELITY_ATTR, "")),
                          checked[t.number].quality if t.number in checked else None)
               for t in sorted(trials, key=lambda t: t.number)]
     budget = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items() if k in objectives}
@@ -122,7 +123,7 @@ def front_data(study: optuna.Study) -> FrontData:
 
 def plan_layout(trial: FrozenTrial) -> PlanLayout:
     """Weight bits per layer and timestep group, and sparsity per layer, of a trial's Plan."""
-    plan = Plan.from_dict(trial.user_attrs["plan"])
+    plan = Plan.from_dict(trial.user_attrs[PLAN_ATTR])
     names = list(plan.layers)
     bounds = [0.0, *plan.timestep_groups, 1.0]
     labels = [f"progress {bounds[i]:.2f}-{bounds[i + 1]:.2f}" for i in range(len(bounds) - 1)]
@@ -150,7 +151,6 @@ def importances(study: optuna.Study) -> dict[str, float]:
 
 def study_report_data(study: optuna.Study) -> StudyReportData:
     """Build every data object of the report from the study storage."""
-    from dlmsearch.search.runner import REFERENCE_ATTR, SENSITIVITY_ATTR
 
     front = front_data(study)
     stored = study.user_attrs.get(REFERENCE_ATTR, {})

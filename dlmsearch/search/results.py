@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
+from dlmsearch.search.attributes import FIDELITY_ATTR, METRICS_ATTR, PLAN_ATTR
 from dlmsearch.search.pareto import PickError, feasible_front, is_feasible, parse_pick, pick_trial
 from dlmsearch.search.spec import OBJECTIVES
 from dlmsearch.search.storage import open_storage
@@ -39,7 +40,7 @@ class DegenerateTextError(ValueError):
 def degeneracy(trial: FrozenTrial, verified: Verification | None = None) -> str | None:
     """Why ``trial``'s Plan counts as degenerate (its ``distinct4_ratio``, the full evaluator's when it
     was ``verified``, is below :data:`DEGENERATE_DISTINCT4_RATIO`), or None."""
-    measured = verified.metrics if verified is not None else trial.user_attrs.get("metrics", {})
+    measured = verified.metrics if verified is not None else trial.user_attrs.get(METRICS_ATTR, {})
     ratio = measured.get("distinct4_ratio")
     if ratio is None or ratio >= DEGENERATE_DISTINCT4_RATIO:
         return None
@@ -91,7 +92,7 @@ class FrontRow:
 
 def plan_of(trial: FrozenTrial) -> Plan:
     """The Plan a trial stored (validated on the way in)."""
-    data = trial.user_attrs.get("plan")
+    data = trial.user_attrs.get(PLAN_ATTR)
     if data is None:
         raise ValueError(f"trial {trial.number} stored no Plan (state {trial.state.name})")
     return Plan.from_dict(data, source=f"trial {trial.number}")
@@ -112,11 +113,11 @@ def plan_summary(plan: Plan) -> str:
 
 def trial_row(trial: FrozenTrial, verified: Verification | None = None) -> FrontRow:
     """A trial's row (metrics from its user attributes; quality from its verification when given)."""
-    metrics = {k: float(v) for k, v in trial.user_attrs.get("metrics", {}).items() if k in PICK_METRICS}
+    metrics = {k: float(v) for k, v in trial.user_attrs.get(METRICS_ATTR, {}).items() if k in PICK_METRICS}
     proxy = metrics.get("quality")
     if verified is not None:
         metrics["quality"] = verified.quality
-    return FrontRow(trial.number, metrics, is_feasible(trial), str(trial.user_attrs.get("fidelity", "")),
+    return FrontRow(trial.number, metrics, is_feasible(trial), str(trial.user_attrs.get(FIDELITY_ATTR, "")),
                     plan_summary(plan_of(trial)), verified is not None, proxy)
 
 
@@ -133,7 +134,7 @@ def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "verified": row.verified,
              "proxy_quality": row.proxy_quality, "summary": row.summary,
-             "plan": trials[row.number].user_attrs["plan"]} for row in front_rows(study)]
+             PLAN_ATTR: trials[row.number].user_attrs[PLAN_ATTR]} for row in front_rows(study)]
     out = Path(path)
     out.write_text(json.dumps({"study": study.study_name, "objectives": study.metric_names, "front": data},
                               indent=1))
@@ -178,7 +179,7 @@ def select_trial(study: optuna.Study, number: int | None = None, pick: str | Non
 
 def quality_note(study: optuna.Study, trial: FrozenTrial) -> str:
     """``quality X (full evaluator, verified; proxy Y)`` or ``quality Y (proxy)`` for ``trial``."""
-    proxy = float(trial.user_attrs.get("metrics", {}).get("quality", float("nan")))
+    proxy = float(trial.user_attrs.get(METRICS_ATTR, {}).get("quality", float("nan")))
     verified = verifications(study).get(trial.number)
     if verified is None:
         return f"quality {proxy:.4f} (proxy)"

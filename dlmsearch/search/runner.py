@@ -43,6 +43,22 @@ from dlmsearch.evaluators import FullEvaluator, QualityResult, SensitivityTable,
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import Plan
 from dlmsearch.search import workers
+from dlmsearch.search.attributes import (
+    ENV_ATTR,
+    ENVIRONMENT_ATTR,
+    ERROR_ATTR,
+    FIDELITY_ATTR,
+    HARDWARE_ATTR,
+    LATENCY_PROVENANCE_ATTR,
+    LIMITS_ATTR,
+    METRICS_ATTR,
+    MODEL_ATTR,
+    PLAN_ATTR,
+    REFERENCE_ATTR,
+    SENSITIVITY_ATTR,
+    SPEC_ATTR,
+    WARM_START_TRIAL_ATTR,
+)
 from dlmsearch.search.baselines import IntegerProgramSolution, budget_grid, solve_integer_program
 from dlmsearch.search.context import StudyContext, build_context, build_full_evaluator
 from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
@@ -54,12 +70,6 @@ from dlmsearch.search.verification import VerificationSummary, verify_front
 
 logger = logging.getLogger("dlmsearch.search.runner")
 
-SPEC_ATTR = "dlmsearch.spec"
-REFERENCE_ATTR = "dlmsearch.reference"
-LIMITS_ATTR = "dlmsearch.limits"
-SENSITIVITY_ATTR = "dlmsearch.sensitivity"
-MODEL_ATTR = "dlmsearch.model_fingerprint"
-ENVIRONMENT_ATTR = "dlmsearch.environment"
 #: A low-fidelity score this many times worse than a front member that costs no more is not rescored.
 LOW_FIDELITY_SLACK = 2.0
 MAX_CONSECUTIVE_FAILURES = 5
@@ -122,21 +132,21 @@ class TrialObjective:
         storage = self.study._storage
         with batched_trial_writes(storage):  # one journal append for these, not one each
             plan = ctx.space.suggest(trial)
-            trial.set_user_attr("plan", plan.to_dict())
-            trial.set_user_attr("env", self.env)
+            trial.set_user_attr(PLAN_ATTR, plan.to_dict())
+            trial.set_user_attr(ENV_ATTR, self.env)
             cost = ctx.cost_model.cost(plan, ctx.hardware)
             metrics: dict[str, float] = {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes),
                                          "latency_per_step_ms": cost.latency_ms / plan.sampler.steps}
-            trial.set_user_attr("latency_provenance", cost.provenance)
-            trial.set_user_attr("hardware", ctx.hardware.name)
+            trial.set_user_attr(LATENCY_PROVENANCE_ATTR, cost.provenance)
+            trial.set_user_attr(HARDWARE_ATTR, ctx.hardware.name)
             for name, limit in self.limits.items():
                 trial.set_constraint(name, metrics[name] - limit)
         feasible = all(metrics[name] <= limit for name, limit in self.limits.items())
         quality = self.quality(plan, metrics, feasible)
         metrics["quality"] = quality.score
         with batched_trial_writes(storage):
-            trial.set_user_attr("fidelity", quality.fidelity)
-            trial.set_user_attr("metrics", {k: float(v) for k, v in {**metrics, **quality.metrics}.items()})
+            trial.set_user_attr(FIDELITY_ATTR, quality.fidelity)
+            trial.set_user_attr(METRICS_ATTR, {k: float(v) for k, v in {**metrics, **quality.metrics}.items()})
         return checked_values(spec.objectives, metrics)
 
     def quality(self, plan: Plan, metrics: dict[str, float], feasible: bool) -> QualityResult:
@@ -155,7 +165,7 @@ class TrialObjective:
         costs = [name for name in self.context.spec.objectives if name != "quality"]
         index = list(self.context.spec.objectives).index("quality") if "quality" in self.context.spec.objectives else 0
         for trial in feasible_front(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
-            cheaper = all(trial.user_attrs.get("metrics", {}).get(name, math.inf) <= metrics[name] for name in costs)
+            cheaper = all(trial.user_attrs.get(METRICS_ATTR, {}).get(name, math.inf) <= metrics[name] for name in costs)
             if cheaper and trial.values[index] * LOW_FIDELITY_SLACK < low_score:
                 return False
         return True
@@ -265,7 +275,7 @@ def enqueue_warm_starts(study: optuna.Study, context: StudyContext, limit: int) 
     for params in candidates:
         if params not in seen and len(seen) < limit:
             seen.append(params)
-            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+            study.enqueue_trial(params, user_attrs={WARM_START_TRIAL_ATTR: True}, skip_if_exists=True)
     return len(seen)
 
 
@@ -469,7 +479,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
 def tell_failed(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
     """Tell ``trial`` FAIL with ``error`` (unless another worker already failed it as stale)."""
     try:
-        trial.set_user_attr("error", error)
+        trial.set_user_attr(ERROR_ATTR, error)
         study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass

@@ -37,8 +37,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
+from dlmsearch.search.attributes import ADMITTED_ATTR, HEARTBEAT_ATTR
 from dlmsearch.search.journal_check import check_journal
-from dlmsearch.search.workers import ADMITTED_ATTR
 
 logger = logging.getLogger("dlmsearch.search.storage")
 
@@ -47,8 +47,6 @@ HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
 MAX_RETRY = 3
 LOCK_GRACE_S = 30
-#: Trial system attribute holding the journal heartbeat (seconds since the epoch).
-HEARTBEAT_ATTR = "dlmsearch.heartbeat"
 #: System attributes a retried trial does not inherit.
 UNINHERITED_SYSTEM_ATTRS = (HEARTBEAT_ATTR, ADMITTED_ATTR)
 

@@ -38,12 +38,12 @@ from tqdm import tqdm
 
 from dlmsearch.evaluators import BaseEvaluator
 from dlmsearch.plan import Plan
+from dlmsearch.search.attributes import METRICS_ATTR, PLAN_ATTR, VERIFIED_PREFIX
 from dlmsearch.search.pareto import feasible_front
 from dlmsearch.search.workers import quiet_optuna
 
 logger = logging.getLogger("dlmsearch.search.verification")
 
-VERIFIED_PREFIX = "dlmsearch.verified."
 CLAIM_INFIX = ".verify-claim."
 #: Seconds between looks at the claims of other workers while waiting for their results.
 POLL_S = 1.0
@@ -96,7 +96,7 @@ def plans_to_verify(trials: Sequence[FrozenTrial], limit: int) -> list[FrozenTri
 
 
 def _proxy_quality(trial: FrozenTrial) -> float:
-    return float(trial.user_attrs.get("metrics", {}).get("quality", float("inf")))
+    return float(trial.user_attrs.get(METRICS_ATTR, {}).get("quality", float("inf")))
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _current(study: optuna.Study, settings: Mapping[str, Any]) -> dict[int, Veri
 
 
 def _verify(evaluator: BaseEvaluator, trial: FrozenTrial, settings: dict[str, Any]) -> Verification:
-    plan = Plan.from_dict(trial.user_attrs["plan"], source=f"trial {trial.number}")
+    plan = Plan.from_dict(trial.user_attrs[PLAN_ATTR], source=f"trial {trial.number}")
     start = time.perf_counter()
     result = evaluator.evaluate(plan, "full")
     return Verification(trial.number, float(result.score), _proxy_quality(trial),

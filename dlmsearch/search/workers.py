@@ -43,10 +43,10 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from dlmsearch.search.attributes import ADMITTED_ATTR, SKIPPED_ATTR, WARM_START_ATTR, WARM_START_TRIAL_ATTR
+
 logger = logging.getLogger("dlmsearch.search.workers")
 
-ADMITTED_ATTR = "dlmsearch.admitted"
-WARM_START_ATTR = "dlmsearch.warm_start"
 CLAIM_SUFFIX = ".warm-start-claim"
 
 
@@ -130,7 +130,7 @@ def admit(study: optuna.Study, trial: optuna.Trial) -> None:
 
 def skip(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> FrozenTrial:
     """Tell a surplus trial FAIL with the user attribute ``skipped`` (it was never evaluated)."""
-    trial.set_user_attr("skipped", f"the study-wide budget of {n_trials} trials was already taken by other workers")
+    trial.set_user_attr(SKIPPED_ATTR, f"the study-wide budget of {n_trials} trials was already taken by other workers")
     return study.tell(trial, state=TrialState.FAIL)
 
 
@@ -156,7 +156,7 @@ def claim_warm_start(study: optuna.Study, enqueue: Callable[[], int]) -> int | N
     """Run ``enqueue`` in exactly one worker of the study; the number it returns, or None elsewhere."""
     storage = study._storage
     if WARM_START_ATTR in storage.get_study_system_attrs(study._study_id) or any(
-            t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)):
+            t.user_attrs.get(WARM_START_TRIAL_ATTR) for t in study.get_trials(deepcopy=False)):
         return None  # done already (a study from before the claim has warm_start trials)
     claim = study.study_name + CLAIM_SUFFIX
     try:

@@ -9,7 +9,7 @@ import optuna
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.plan import LayerPlan, uniform_plan
 from dlmsearch.reports.study_report import front_data, plan_layout, render_html, study_report_data
-from dlmsearch.search.runner import LIMITS_ATTR, REFERENCE_ATTR
+from dlmsearch.search.attributes import LIMITS_ATTR, REFERENCE_ATTR
 
 ADAPTER = build_random_model("llama", num_layers=2, hidden_size=64, num_heads=4)
 

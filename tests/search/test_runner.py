@@ -169,7 +169,7 @@ def test_a_different_spec_under_the_same_name_is_refused(make_context: Make, tmp
 
 def test_a_different_model_is_refused_unless_forced(make_context: Make, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    from dlmsearch.search.runner import ENVIRONMENT_ATTR, MODEL_ATTR
+    from dlmsearch.search.attributes import ENVIRONMENT_ATTR, MODEL_ATTR
 
     context = make_context(n_trials=2, warm_start=False)
     study = run_study(context.spec, tmp_path, context=context, progress=False, write_outputs=False).study

@@ -23,11 +23,11 @@ import yaml
 from optuna.trial import TrialState
 
 from dlmsearch.plan import Plan
+from dlmsearch.search.attributes import WARM_START_ATTR
 from dlmsearch.search.context import build_context
 from dlmsearch.search.spec import spec_from_dict
 from dlmsearch.search.storage import StorageError, open_storage
 from dlmsearch.search.verification import plans_to_verify, verifications
-from dlmsearch.search.workers import WARM_START_ATTR
 from tests.search.test_cli_search import SPEC
 
 #: The CLI test's tiny spec on the embedded model, with warm starts and a 6-trial budget.
