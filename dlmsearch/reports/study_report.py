@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,13 @@ logger = logging.getLogger("dlmsearch.reports.study_report")
 AXIS_TITLES = {"quality": "quality (proxy score; lower is better)", "latency_ms": "latency per generation (ms)",
                "peak_mem_bytes": "peak memory (bytes)", "latency_per_step_ms": "latency per step (ms)"}
 MAX_PLANS_IN_DROPDOWN = 30
+#: The front table's columns: header and cell format per objective (other objectives: 4 significant digits).
+TABLE_COLUMNS = {"quality": ("quality (proxy)", "{:.3f}"), "latency_ms": ("latency (ms)", "{:.1f}"),
+                 "latency_per_step_ms": ("latency per step (ms)", "{:.2f}"),
+                 "peak_mem_bytes": ("peak memory (MiB)", "{:.2f}")}
+#: Above the top right corner of a figure, clear of its axis labels.
+DROPDOWN_PLACE = {"x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}
+ROW_PIXELS = 20  # height of one labelled row in the per-layer and importance charts
 
 
 @dataclass(frozen=True)
@@ -214,11 +222,12 @@ def pareto_figures(data: FrontData) -> list[Any]:
             fig.add_trace(go.Scatter3d(x=[p.values[objectives[1]] for p in points],
                                        y=[p.values[objectives[2]] for p in points],
                                        z=[p.values[objectives[0]] for p in points], mode="markers", name=label,
-                                       marker={**styles[label], "size": styles[label]["size"] / 2},
+                                       marker={"color": styles[label]["color"], "size": styles[label]["size"] / 2},
                                        text=_hover(points), hoverinfo="text"))
-        fig.update_layout(title="Pareto front in 3-D", scene={"xaxis_title": objectives[1],
-                                                               "yaxis_title": objectives[2],
-                                                               "zaxis_title": objectives[0]})
+        fig.update_layout(title="Pareto front in 3-D", height=700, margin={"l": 0, "r": 0, "b": 0, "t": 60},
+                          scene={"xaxis_title": objectives[1], "yaxis_title": objectives[2],
+                                 "zaxis_title": objectives[0],
+                                 "camera": {"eye": {"x": 1.7, "y": 1.7, "z": 1.1}}})
         figures.append(fig)
     return figures
 
@@ -250,6 +259,11 @@ def hypervolume_figure(history: list[tuple[int, float]]) -> Any:
     return fig
 
 
+def _every_label(labels: list[str]) -> dict[str, Any]:
+    """A categorical axis that shows every label (plotly drops every other one when rows are dense)."""
+    return {"tickmode": "array", "tickvals": labels, "ticktext": labels, "automargin": True}
+
+
 def plan_figures(plans: list[PlanLayout]) -> list[Any]:
     """Heatmap of weight bits and bars of sparsity per layer; a dropdown selects the front Plan."""
     go = _plotly()
@@ -259,13 +273,16 @@ def plan_figures(plans: list[PlanLayout]) -> list[Any]:
     heat = go.Figure(go.Heatmap(z=first.weight_bits, x=first.timestep_labels, y=first.layers, colorscale="Viridis",
                                 zmin=2, zmax=16, colorbar={"title": "bits"}))
     bars = go.Figure(go.Bar(x=first.layers, y=first.sparsity))
-    heat.update_layout(title=f"weight bits per layer and timestep group (trial {first.trial})", height=max(
-        400, 14 * len(first.layers)), updatemenus=[{"buttons": [
-            {"label": f"trial {p.trial}", "method": "update",
-             "args": [{"z": [p.weight_bits]}, {"title": f"weight bits per layer and timestep group (trial {p.trial})"}]}
-            for p in plans]}])
+    heat.update_layout(title=f"weight bits per layer and timestep group (trial {first.trial})",
+                       height=max(400, ROW_PIXELS * len(first.layers) + 160), yaxis=_every_label(first.layers),
+                       updatemenus=[{**DROPDOWN_PLACE, "buttons": [
+                           {"label": f"trial {p.trial}", "method": "update",
+                            "args": [{"z": [p.weight_bits]},
+                                     {"title": f"weight bits per layer and timestep group (trial {p.trial})"}]}
+                           for p in plans]}])
     bars.update_layout(title=f"sparsity per layer (trial {first.trial})", yaxis_title="fraction pruned",
-                       yaxis_range=[0, 1], updatemenus=[{"buttons": [
+                       yaxis_range=[0, 1], xaxis={**_every_label(first.layers), "tickangle": -90},
+                       updatemenus=[{**DROPDOWN_PLACE, "buttons": [
                            {"label": f"trial {p.trial}", "method": "update",
                             "args": [{"y": [p.sparsity]}, {"title": f"sparsity per layer (trial {p.trial})"}]}
                            for p in plans]}])
@@ -279,7 +296,8 @@ def importance_figure(values: dict[str, float]) -> Any | None:
     go = _plotly()
     top = sorted(values.items(), key=lambda kv: kv[1])[-25:]
     fig = go.Figure(go.Bar(x=[v for _, v in top], y=[k for k, _ in top], orientation="h"))
-    fig.update_layout(title="parameter importance for quality (PED-ANOVA)", height=max(400, 18 * len(top)))
+    fig.update_layout(title="parameter importance for quality (PED-ANOVA)",
+                      height=max(400, ROW_PIXELS * len(top) + 160), yaxis=_every_label([k for k, _ in top]))
     return fig
 
 
@@ -297,6 +315,23 @@ def sensitivity_figure(table: dict[str, dict[str, float]]) -> Any | None:
     return fig
 
 
+def _cell(objective: str, value: float) -> str:
+    """A front table cell: memory in MiB, the other objectives at their column's precision."""
+    shown = value / 2**20 if objective == "peak_mem_bytes" else value
+    return TABLE_COLUMNS.get(objective, ("", "{:.4g}"))[1].format(shown)
+
+
+def _pick_example(front: FrontData) -> str:
+    """An ``export --pick`` line this study can answer: the best quality within the front's median latency."""
+    points = front.front()
+    if "latency_ms" not in front.objectives or "quality" not in front.objectives or not points:
+        return ""
+    latencies = sorted(p.values["latency_ms"] for p in points)
+    limit = math.ceil(latencies[len(latencies) // 2])
+    return (", or the best within a budget with <code>dlmsearch export RUN_DIR --pick "
+            f"'min quality where latency_ms &lt;= {limit}' -o plan.json</code>")
+
+
 def render_html(data: StudyReportData) -> str:
     """The whole report as one self-contained HTML page."""
     figures = [*pareto_figures(data.front), verification_figure(data.front), hypervolume_figure(data.hypervolume),
@@ -304,10 +339,11 @@ def render_html(data: StudyReportData) -> str:
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0))
              for i, fig in enumerate(f for f in figures if f is not None)]
     front = data.front.front()
-    rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{p.values[o]:.4g}</td>" for o in data.front.objectives)
-                   + f"<td>{'' if p.verified_quality is None else f'{p.verified_quality:.4g}'}</td>"
+    objectives = data.front.objectives
+    rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{_cell(o, p.values[o])}</td>" for o in objectives)
+                   + f"<td>{'' if p.verified_quality is None else _cell('quality', p.verified_quality)}</td>"
                    + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
-    header = "".join(f"<th>{html.escape('quality (proxy)' if o == 'quality' else o)}</th>"
+    header = "".join(f"<th>{html.escape(TABLE_COLUMNS.get(o, (o, ''))[0])}</th>"
                      for o in data.front.objectives) + "<th>verified quality (full evaluator)</th>"
     verified = data.front.verified()
     agreement = data.front.proxy_agreement()
@@ -323,9 +359,8 @@ def render_html(data: StudyReportData) -> str:
             f"<h1>Study {html.escape(data.study)}</h1><p>{complete} complete trials ({feasible} feasible), "
             f"{data.failed} failed; feasible front: {len(front)} Plans; hypervolume {hv:.4f}.{verification}</p>"
             f"<h2>Feasible Pareto front</h2><table><tr><th>trial</th>{header}<th>Plan</th></tr>{rows}</table>"
-            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>, or the best within a "
-            "budget with <code>dlmsearch export RUN_DIR --pick 'min quality where latency_ms &lt;= 300' -o plan.json"
-            "</code>.</p>"
+            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>"
+            + _pick_example(data.front) + ".</p>"
             + "".join(f"<div>{p}</div>" for p in parts) + "</body></html>")
 
 

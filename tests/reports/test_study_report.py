@@ -58,3 +58,12 @@ def test_report_html_is_self_contained(tmp_path: Path) -> None:
     page = render_html(data)
     assert "plotly" in page and len(page) > 1_000_000 and "<script src=" not in page  # plotly.js inline
     assert "Feasible Pareto front" in page and "budget latency_ms" in page
+
+
+def test_front_table_formats_each_objective_and_suggests_a_pick_this_study_answers() -> None:
+    study = hand_built()
+    page = render_html(study_report_data(study))
+    assert "<th>latency (ms)</th>" in page and "<td>90.0</td><td></td>" in page  # one decimal, not 4 digits
+    limit = int(page.split("latency_ms &lt;= ")[1].split("'")[0])
+    front_latencies = sorted(p.values["latency_ms"] for p in front_data(study).front())
+    assert front_latencies[0] <= limit  # the suggested --pick finds a Plan on this front
