@@ -31,10 +31,29 @@ if ! has_cuda "$python"; then
   python=.venv-gpu/bin/python
 fi
 "$python" -c 'import torch; print("torch", torch.__version__, "on", torch.cuda.get_device_name())' | tee "$out/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$out/device.txt" || true
 
 quick=""
 [[ "${1:-}" == "--quick" ]] && quick="--quick"
-"$python" -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
-"$python" -m dlmsearch.cli profile --device cuda --quick --out "$out/profile-cuda.yaml" 2>&1 | tee "$out/profile.txt"
-"$python" bench/gpu_cost_accuracy.py $quick 2>&1 | tee "$out/cost_accuracy.txt"
+# Each stage runs even when an earlier one failed (a failing test must not cost the figures); a stage
+# is stopped after its limit (seconds, env GPU_CHECK_*_LIMIT); the exit status says whether all passed.
+failed=()
+stage() {  # stage NAME LIMIT LOG -- command...
+  local name=$1 limit=$2 log=$3
+  shift 4
+  local rc=0
+  timeout "$limit" "$@" 2>&1 | tee "$log" || rc=$?
+  echo "gpu_check_${name}_rc: $rc"
+  (( rc == 0 )) || failed+=("$name")
+}
+stage tests "${GPU_CHECK_TESTS_LIMIT:-240}" "$out/tests.txt" -- \
+  "$python" -m pytest -q -rA -m gpu tests/gpu -p no:cacheprovider
+stage profile "${GPU_CHECK_PROFILE_LIMIT:-240}" "$out/profile.txt" -- \
+  "$python" -m dlmsearch.cli profile --device cuda --quick --out "$out/profile-cuda.yaml"
+stage cost_accuracy "${GPU_CHECK_COST_LIMIT:-600}" "$out/cost_accuracy.txt" -- \
+  "$python" bench/gpu_cost_accuracy.py $quick
 echo "gpu_check_seconds: $(( $(date +%s) - started ))"
+if (( ${#failed[@]} )); then
+  echo "gpu_check: failed: ${failed[*]}" >&2
+  exit 1
+fi

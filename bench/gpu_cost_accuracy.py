@@ -46,6 +46,8 @@ from dlmsearch.models.loading import build_random_model  # noqa: E402
 from dlmsearch.models.sampler import generate  # noqa: E402
 
 PROMPT, GEN = 64, 64
+#: The figures ``cost_model_accuracy.accuracy`` returns, printed per prediction as ``gpu_<label>_<stat>``.
+ACCURACY_STATS = ("mape_pct", "kendall", "spearman", "kendall_pairs_10pct_apart")
 
 
 def _seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -102,11 +104,11 @@ def kernel_speedups() -> dict[str, float]:
     dense_w = weight.bfloat16()
     base = _seconds(lambda: F.linear(x, dense_w), 50)
     out: dict[str, float] = {}
-    for name, bits, group in (("int8_weight_only", 8, 0), ("int4_weight_only", 4, 128), ("int8_dynamic", 8, 0)):
-        if kernel_available(name, "cuda"):
-            kernel = KERNELS[name]
+    for fmt, bits, group in (("int8_weight_only", 8, 0), ("int4_weight_only", 4, 128), ("int8_dynamic", 8, 0)):
+        if kernel_available(fmt, "cuda"):
+            kernel = KERNELS[fmt]
             packed = kernel.pack(quantize_rtn(weight.float(), bits, group), torch.bfloat16)
-            out[f"speedup_{name}"] = base / _seconds(lambda k=kernel, p=packed: k.linear(x, p), 50)
+            out[f"speedup_{fmt}"] = base / _seconds(lambda k=kernel, p=packed: k.linear(x, p), 50)
     from torch.sparse import to_sparse_semi_structured
 
     pruned = (weight * keep_mask(weight.abs().cpu(), 0.5, "2:4").to(weight.device)).bfloat16()
@@ -138,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     measured = time_plans(w, plans, rounds)
     model = AnalyticCostModel(adapter.shape, adapter.linears(), prompt_length=PROMPT)
     for label, hw in (("profile", profile), ("datasheet", load_hardware(datasheet_name()))):
-        predicted = [c.latency_ms for c in model.cost_many(plans, hw)]
-        for key, value in accuracy(predicted, measured).items():
-            figures[f"gpu_{label}_{key}"] = value
+        scores = accuracy([c.latency_ms for c in model.cost_many(plans, hw)], measured)
+        for stat in ACCURACY_STATS:
+            figures[f"gpu_{label}_{stat}"] = scores[stat]
     figures["gpu_plans"] = len(plans)
     print(f"device: {torch.cuda.get_device_name()}")
     for name, value in figures.items():
