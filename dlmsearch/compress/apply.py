@@ -179,11 +179,14 @@ class CalibrationStatistics:
 
     @classmethod
     def compute(cls, adapter: DLMAdapter, calibration: CalibrationSet, methods: Iterable[str] = (),
-                hessian_layers: Iterable[str] = ()) -> CalibrationStatistics:
-        """Statistics for the given pruning ``methods`` and GPTQ ``hessian_layers`` of ``adapter``."""
-        by_method = {method: pruning_statistics(adapter, calibration, method) for method in sorted(set(methods))}
+                hessian_layers: Iterable[str] = (), progress: bool = True) -> CalibrationStatistics:
+        """Statistics for the given pruning ``methods`` and GPTQ ``hessian_layers`` of ``adapter``
+        (``progress``: bars on a terminal)."""
+        by_method = {method: pruning_statistics(adapter, calibration, method, progress=progress)
+                     for method in sorted(set(methods))}
         layers = sorted(set(hessian_layers))
-        hessians = collect_input_statistics(adapter, calibration, hessian=True, names=layers) if layers else {}
+        hessians = (collect_input_statistics(adapter, calibration, hessian=True, names=layers, progress=progress)
+                    if layers else {})
         return cls(by_method, hessians)
 
     def covers(self, plan: Plan) -> bool:
@@ -193,13 +196,14 @@ class CalibrationStatistics:
 
 
 def _calibration_statistics(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None,
-                            statistics: CalibrationStatistics | None) -> CalibrationStatistics:
+                            statistics: CalibrationStatistics | None, progress: bool) -> CalibrationStatistics:
     if statistics is not None and statistics.covers(plan):
         return statistics
     methods, gptq = _needs_calibration(plan)
     if not methods and not gptq:
         return CalibrationStatistics()
-    return CalibrationStatistics.compute(adapter, calibration or CalibrationSet.from_split(adapter), methods, gptq)
+    return CalibrationStatistics.compute(adapter, calibration or CalibrationSet.from_split(adapter), methods, gptq,
+                                         progress)
 
 
 def _structure_stats(by_method: Mapping[str, dict[str, LinearInputStats] | None], plan: Plan
@@ -220,8 +224,8 @@ def _touched_modules(adapter: DLMAdapter, plan: Plan) -> Iterator[tuple[str, nn.
 
 
 def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None = None,
-                use_kernels: bool | None = None, statistics: CalibrationStatistics | None = None
-                ) -> CompressionRecord:
+                use_kernels: bool | None = None, statistics: CalibrationStatistics | None = None,
+                progress: bool = True) -> CompressionRecord:
     """Compress ``adapter``'s model in place as ``plan`` says; return what was done.
 
     Validates the Plan against the model first (:class:`~dlmsearch.plan.PlanValidationError`
@@ -231,7 +235,8 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     default those faster than a float matmul on the model's device -- fbgemm's dynamic int8 for
     W8A8 layers on CPUs, every kernel on CUDA; ``True`` all, ``False`` none. Each quantized layer
     reports which one it runs. ``statistics`` precomputed on this
-    (dense) model are used when they cover the Plan. On any error the model is left exactly
+    (dense) model are used when they cover the Plan. ``progress`` shows bars on a terminal
+    (evaluators, which compress a copy per trial, turn them off). On any error the model is left exactly
     as it was. The record is also kept as ``adapter.compression`` for :func:`save_compressed`.
     """
     check_plan_fits(plan, adapter)
@@ -239,14 +244,15 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
         raise ValueError(f"model {adapter.name!r} is already compressed; load the original model to apply "
                          "another Plan")
     infos = {info.name: info for info in adapter.linears()}
-    stats_all = _calibration_statistics(adapter, plan, calibration, statistics)
+    stats_all = _calibration_statistics(adapter, plan, calibration, statistics, progress)
     by_method, hessian_stats = stats_all.by_method, stats_all.hessians
     snapshot = _ModuleSnapshot(dict(_touched_modules(adapter, plan)))
     try:
         with torch.no_grad():
             kept_columns = _structured_pruning(adapter, plan, infos, _structure_stats(by_method, plan))
             replacements: dict[str, nn.Module] = {}
-            for name, lp in tqdm(plan.layers.items(), desc="apply plan", unit="layer", disable=None):
+            for name, lp in tqdm(plan.layers.items(), desc="apply plan", unit="layer",
+                                 disable=None if progress else True):
                 linear = adapter.get_module(name)
                 assert isinstance(linear, nn.Linear)
                 stats = (by_method.get(lp.prune_method) or {}).get(name)

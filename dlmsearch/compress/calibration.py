@@ -195,7 +195,8 @@ def _empty_stats(module: nn.Module, hessian: bool, weighted: bool, device: torch
 @torch.no_grad()
 def collect_input_statistics(adapter: DLMAdapter, calib: CalibrationSet,
                              token_weights: Sequence[torch.Tensor] | None = None, hessian: bool = False,
-                             names: Sequence[str] | None = None) -> dict[str, LinearInputStats]:
+                             names: Sequence[str] | None = None, progress: bool = True
+                             ) -> dict[str, LinearInputStats]:
     """Run every masked state of ``calib`` and record the inputs of the compressible linears.
 
     ``token_weights`` holds one (B, L) tensor per state, in :meth:`CalibrationSet.states` order,
@@ -203,6 +204,7 @@ def collect_input_statistics(adapter: DLMAdapter, calib: CalibrationSet,
     passes ``1 - soft sink mask``). ``hessian`` also accumulates ``X^T X`` (K x K float32, for
     GPTQ). ``names`` restricts the hooks to some linears (default: all of ``adapter.linears()``).
     Returns statistics keyed by module name; deterministic for a given model and ``calib``.
+    ``progress`` shows a bar on a terminal.
     """
     wanted = list(names) if names is not None else [info.name for info in adapter.linears()]
     if token_weights is not None and len(token_weights) != calib.num_states:
@@ -215,7 +217,8 @@ def collect_input_statistics(adapter: DLMAdapter, calib: CalibrationSet,
                 len(modules), calib.num_states, weighted, hessian)
     device = adapter.device
     with _InputRecorder(modules, stats) as recorder:
-        states = tqdm(calib.states(), total=calib.num_states, desc="calibration", unit="state", disable=None)
+        states = tqdm(calib.states(), total=calib.num_states, desc="calibration", unit="state",
+                      disable=None if progress else True)
         for index, state in enumerate(states):
             recorder.weights = token_weights[index] if token_weights is not None else None
             adapter.forward_logits(state.ids.to(device))

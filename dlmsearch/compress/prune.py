@@ -107,12 +107,14 @@ def prune_linear_(linear: nn.Module, sparsity: float, method: str, structure: st
 
 def pruning_statistics(adapter: DLMAdapter, calib: CalibrationSet, method: str, k: float = DEFAULT_K,
                        alpha: float = DEFAULT_ALPHA,
-                       names: Sequence[str] | None = None) -> dict[str, LinearInputStats] | None:
+                       names: Sequence[str] | None = None, progress: bool = True
+                       ) -> dict[str, LinearInputStats] | None:
     """The calibration ``method`` needs: None for magnitude, input statistics for Wanda, and for
-    ``sink_wanda`` input statistics of sink-down-weighted activations (soft mask with ``k``, ``alpha``)."""
+    ``sink_wanda`` input statistics of sink-down-weighted activations (soft mask with ``k``, ``alpha``).
+    ``progress`` shows bars on a terminal."""
     if method not in PRUNE_METHODS:
         raise ValueError(f"prune method {method!r} is unknown; allowed: {', '.join(PRUNE_METHODS)}")
     if method == "magnitude":
         return None
-    weights = sink_token_weights(adapter, calib, k, alpha) if method == "sink_wanda" else None
-    return collect_input_statistics(adapter, calib, token_weights=weights, names=names)
+    weights = sink_token_weights(adapter, calib, k, alpha, progress) if method == "sink_wanda" else None
+    return collect_input_statistics(adapter, calib, token_weights=weights, names=names, progress=progress)

@@ -85,17 +85,19 @@ def summed_mass(shares: torch.Tensor, heads: Sequence[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def sink_token_weights(adapter: DLMAdapter, calib: CalibrationSet, k: float = DEFAULT_K,
-                       alpha: float = DEFAULT_ALPHA) -> list[torch.Tensor]:
+                       alpha: float = DEFAULT_ALPHA, progress: bool = True) -> list[torch.Tensor]:
     """Per-token weights ``1 - soft sink mask`` (B, L) for every state of ``calib``, in state order.
 
     This is the calibration step of Sink-Aware Pruning: the mask of each state comes from that
     state's own attention (summed over queries, heads and layers), so sinks that move across
     timesteps are found where they are. Pass the result to
     :func:`~dlmsearch.compress.calibration.collect_input_statistics` as ``token_weights``.
+    ``progress`` shows a bar on a terminal.
     """
     heads = heads_per_layer(adapter)
     weights = []
-    states = tqdm(calib.states(), total=calib.num_states, desc="sink masks", unit="state", disable=None)
+    states = tqdm(calib.states(), total=calib.num_states, desc="sink masks", unit="state",
+                  disable=None if progress else True)
     for state in states:
         mass = summed_mass(attention_shares(adapter, state.ids), heads)
         weights.append(1.0 - soft_sink_mask(mass, k, alpha))

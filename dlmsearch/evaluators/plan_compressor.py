@@ -17,7 +17,7 @@ class PlanCompressor:
     Quantized layers simulate (dequantize-then-matmul): evaluators measure quality, not speed.
     The last compressed copy is kept (``keep_last``), so that scoring one Plan at both fidelities,
     or with several evaluators sharing this compressor, compresses it once; callers must not
-    change the returned model.
+    change the returned model. It shows no progress bars: it runs inside a search's own bar.
     """
 
     def __init__(self, dense: DLMAdapter, calibration: CalibrationSet | None = None,
@@ -36,7 +36,8 @@ class PlanCompressor:
             calib = self._calibration or CalibrationSet.from_split(
                 self.dense, n_sequences=self._calibration_sequences, seed=self._seed)
             layers = [info.name for info in self.dense.linears()]
-            self._statistics = CalibrationStatistics.compute(self.dense, calib, PRUNE_METHODS[1:], layers)
+            self._statistics = CalibrationStatistics.compute(self.dense, calib, PRUNE_METHODS[1:], layers,
+                                                             progress=False)
         return self._statistics
 
     def clear(self) -> None:
@@ -51,7 +52,8 @@ class PlanCompressor:
         model = copy.deepcopy(self.dense)
         needs_stats = any((lp.sparsity > 0 and lp.prune_method != "magnitude") or lp.quant_method == "gptq"
                           for lp in plan.layers.values())
-        apply_plan_(model, plan, statistics=self.statistics() if needs_stats else None, use_kernels=False)
+        apply_plan_(model, plan, statistics=self.statistics() if needs_stats else None, use_kernels=False,
+                    progress=False)
         if self.keep_last:
             self._last = (plan, model)
         return model

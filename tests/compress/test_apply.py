@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import torch
 
 from dlmsearch.compress import CalibrationSet, QuantizedLinear, apply_plan_, save_compressed
 from dlmsearch.compress import apply as apply_module
+from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.embedded import embedded_model_dir
 from dlmsearch.models.loading import build_random_model, load_model
@@ -115,3 +119,22 @@ def test_four_bit_folder_is_about_a_quarter_of_fp16(tmp_path: Path) -> None:
     fp16_size = (embedded_model_dir() / "model.safetensors").stat().st_size
     ratio = (folder / "model.safetensors").stat().st_size / fp16_size
     assert 0.2 < ratio < 0.4, ratio
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bars_show_on_a_terminal_and_evaluators_hide_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's apply shows its steps; a search's evaluators, compressing a copy per trial, show none."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    adapter = _model()
+    plan = _mixed_plan(adapter)
+    apply_plan_(copy.deepcopy(adapter), plan, calibration=_calibration(adapter))
+    assert "apply plan" in terminal.getvalue() and "calibration" in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    PlanCompressor(adapter, calibration=_calibration(adapter)).compressed(plan)
+    assert "apply plan" not in terminal.getvalue() and "calibration" not in terminal.getvalue()
