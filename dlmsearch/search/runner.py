@@ -463,7 +463,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
                 continue
             failures = 0
             try:
-                frozen = study.tell(trial, values)
+                study.tell(trial, values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 logger.warning("trial %d was marked FAIL as stale by another worker (no heartbeat for the grace "
                                "period) and retried; its result is dropped", trial.number)
@@ -472,8 +472,9 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], list[float
             if bar.disable:  # no bar to show: skip re-reading the study and its front on every trial
                 continue
             trials = study.get_trials(deepcopy=False)
-            bar.set_postfix(front=len(feasible_front(trials)), hv=f"{front_hypervolume(trials, hv_reference):.4f}",
-                            feasible=is_feasible(frozen))
+            feasible = sum(t.state == TrialState.COMPLETE and is_feasible(t) for t in trials)
+            bar.set_postfix({"feasible": feasible, "front": len(feasible_front(trials)),
+                             "hv": f"{front_hypervolume(trials, hv_reference):.4f}"})
 
 
 def tell_failed(study: optuna.Study, trial: optuna.Trial, error: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,21 @@ def test_a_hanging_trial_is_stopped_by_the_time_limit(make_context: Make, tmp_pa
     trials = sorted(study.get_trials(), key=lambda t: t.number)
     assert trials[0].state == TrialState.FAIL and "trial_timeout_s=2" in trials[0].user_attrs["error"]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_counts_feasible_plans_and_the_front(make_context: Make, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the study's bar ends with how many Plans met the budget so far, the front's size and
+    its hypervolume (not whether the last trial happened to be feasible)."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    context = make_context(sampler="random")
+    summary = run_study(context.spec, tmp_path, n_trials=6, context=context, progress=True, write_outputs=False)
+    complete = [t for t in summary.study.trials if t.state == TrialState.COMPLETE]
+    last = re.findall(r"6/6 \[[^]]*feasible=(\d+), front=(\d+), hv=", terminal.getvalue())[-1]
+    assert last == (str(sum(map(is_feasible, complete))), str(len(feasible_front(complete))))
