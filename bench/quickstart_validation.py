@@ -11,7 +11,9 @@ with ``apply_plan_``'s defaults and their ``generate`` calls timed alternately o
 (:func:`dlmsearch.search.validation.validate_plan`); both are scored by the full evaluator. Figures
 (``name: value``): ``speedup_measured`` (dense / exported, medians), ``speedup_predicted`` (the same
 from the study's analytic latencies), ``full_score_pick`` and ``full_score_dense``,
-``distinct4_ratio_pick`` (the Plan's share of distinct 4-grams over the dense model's).
+``distinct4_ratio_pick`` (the Plan's share of distinct 4-grams over the dense model's),
+``collapsed_rows_pick`` and ``collapsed_rows_dense`` (shares of prompted rows that collapsed, the
+dense model's at one token per step).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures = {"pick_trial": float(predicted["pick"].number), "pick_steps": float(exported.sampler.steps),
                "dense_ms": check.dense_ms, "pick_ms": check.plan_ms, "speedup_measured": check.speedup,
                "speedup_predicted": latency["dense"] / latency["pick"], "full_score_pick": check.plan_score,
-               "full_score_dense": check.dense_score, "distinct4_ratio_pick": check.distinct4_ratio}
+               "full_score_dense": check.dense_score, "distinct4_ratio_pick": check.distinct4_ratio,
+               "collapsed_rows_pick": check.collapsed_rows, "collapsed_rows_dense": check.dense_collapsed_rows}
     print(f"dense text: {check.dense_text!r}")
     print(f"pick text:  {check.plan_text!r}")
     for name, value in figures.items():

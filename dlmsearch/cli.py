@@ -421,7 +421,8 @@ def _print_validation(spec: StudySpec, plan: Plan, verified: Any = None) -> None
     print(f"measured: {check.plan_ms:.0f} ms per generation vs dense {check.dense_ms:.0f} ms: "
           f"{check.speedup:.2f}x faster (measured side by side, median of 5)")
     print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "
-          f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's")
+          f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's; rows collapsed into spaces or "
+          f"repetition {check.collapsed_rows:.0%} (dense {check.dense_collapsed_rows:.0%})")
     print(f"prompt: {check.prompt!r}")
     print(f"dense:  {check.dense_text!r}")
     print(f"plan:   {check.plan_text!r}")
@@ -563,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--pick", help="e.g. 'min quality where latency_ms <= 400 and peak_mem_bytes <= 2e9'")
     export.add_argument("-o", "--output", required=True, help="Plan JSON to write")
     export.add_argument("--force", action="store_true",
-                        help="export a Plan whose generations collapsed (distinct4_ratio below 0.5) anyway")
+                        help="export a Plan whose generations collapsed (distinct4_ratio below 0.5, or collapsed_rows "
+                             "over 0.25 above the dense model's) anyway")
     export.set_defaults(func=cmd_export)
 
     journal = sub.add_parser("journal", help="journal files: repair a damaged one")

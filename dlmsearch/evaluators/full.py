@@ -32,7 +32,9 @@ per kind: a 16- or 32-step Plan was credited with the dense model's own few-step
 *likelier* (NELBO -0.12) and could hide compression damage behind it, and the unpaired rows made
 the evaluator agree with itself at only 0.85-0.89 (one draw vs another) on lightly compressed
 Plans. ``distinct4_ratio`` is the lowest over kinds of the Plan's distinct-4-gram share over the
-dense model's at one token per step (near 0: collapsed text).
+dense model's at one token per step (near 0: collapsed text); ``collapsed_rows`` the share of the
+Plan's prompted rows that collapsed one by one (:func:`collapsed_rows`), ``dense_collapsed_rows`` the
+dense model's at one token per step.
 
 The score is the mean over ``draws`` independent draws (seeds ``seed``, ``seed + 1``, ...: generations,
 infill span places and NELBO masks), every metric the mean of its draws; ``score_sd`` is the
@@ -151,6 +153,22 @@ def distinct_ngrams(tokens: torch.Tensor, n: int = NGRAM) -> float:
     """Share of distinct ``n``-grams among all ``n``-grams of the rows of ``tokens`` (B, L)."""
     grams = [tuple(row[i:i + n]) for row in tokens.tolist() for i in range(len(row) - n + 1)]
     return len(set(grams)) / max(len(grams), 1)
+
+
+#: A generated row whose own share of distinct 4-grams is below this has collapsed: most of it is one run of
+#: spaces or one phrase over and over (a varied row of 64 characters keeps about 0.9 of them).
+COLLAPSED_ROW_DISTINCT = 0.5
+
+
+def collapsed_rows(tokens: torch.Tensor, n: int = NGRAM) -> float:
+    """Share of the rows of ``tokens`` (B, L) that collapsed (own distinct-``n``-gram share below
+    :data:`COLLAPSED_ROW_DISTINCT`); 0 without rows.
+
+    Pooled over rows (:func:`distinct_ngrams`), a character model's 4-grams repeat across rows so much
+    that ten collapsed rows of sixteen leave the pooled share unchanged; counted per row they show."""
+    if len(tokens) == 0:
+        return 0.0
+    return sum(distinct_ngrams(row[None], n) < COLLAPSED_ROW_DISTINCT for row in tokens) / len(tokens)
 
 
 def _cost(got: _Measured, reference: _Measured) -> tuple[float, dict[str, float]]:
@@ -290,6 +308,7 @@ class FullEvaluator(BaseEvaluator):
         paired = self._dense_reference(sampler, fidelity, draw)
         best = self._dense_reference(one_token_per_step(sampler), fidelity, draw)
         got = self._measure(model, sampler, fidelity, draw)
+        prompted = len(got.tokens) - self._counts(fidelity)[2]  # prompted rows first, then the free ones
         compression, compression_parts = _cost(got, paired)
         steps, step_parts = _cost(paired, best)
         kinds = list(got.nelbo)
@@ -307,6 +326,8 @@ class FullEvaluator(BaseEvaluator):
                 "gen_nelbo": statistics.fmean(got.nelbo.values()),
                 "gen_diversity": statistics.fmean(got.diversity.values()),
                 "distinct4_ratio": distinct_ratio(got, best),
+                "collapsed_rows": collapsed_rows(got.tokens[:prompted]),
+                "dense_collapsed_rows": collapsed_rows(best.tokens[:prompted]),
                 "generation_agreement": float((got.tokens == paired.tokens).float().mean()),
                 "dense_infill_accuracy": best.infill_accuracy,
                 "dense_gen_nelbo": statistics.fmean(best.nelbo.values()),

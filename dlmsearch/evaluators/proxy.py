@@ -50,7 +50,7 @@ import torch
 from dlmsearch.compress import CalibrationSet
 from dlmsearch.data import load_split
 from dlmsearch.evaluators.base import BaseEvaluator, QualityResult, check_fidelity
-from dlmsearch.evaluators.full import FullEvaluator, FullSettings, distinct_ngrams
+from dlmsearch.evaluators.full import FullEvaluator, FullSettings, collapsed_rows, distinct_ngrams
 from dlmsearch.evaluators.infill_task import InfillTask
 from dlmsearch.evaluators.masked_states import MaskedStates, build_masked_states, chunk_logprobs
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
@@ -215,7 +215,8 @@ class ProxyEvaluator(BaseEvaluator):
         ``steps_prompted_gap`` / ``steps_unconditional_gap`` are the NELBO gaps of both sets,
         ``steps_prompted_diversity_gap`` / ``steps_free_diversity_gap`` their loss of distinct 4-grams
         (distinct-n, Li et al. 2016, arXiv 1510.03055), with ``distinct4_ratio`` the prompted rows'
-        share; ``step_cost`` and its parts come from :meth:`step_cost`.
+        share and ``collapsed_rows`` / ``dense_collapsed_rows`` the share of them that collapsed one by one
+        at the Plan's steps and at one token per step; ``step_cost`` and its parts come from :meth:`step_cost`.
         """
         if sampler not in self._step_terms:
             self._step_terms[sampler] = self._measure_step_term(sampler) | self.step_cost(sampler)
@@ -246,13 +247,15 @@ class ProxyEvaluator(BaseEvaluator):
         best_sampled = dataclasses.replace(sampled, steps=sampler.gen_length)
         repeats = self.settings.step_nelbo_repeats
 
-        def measured(rows_sampler: SamplerSettings, rows_prompts: torch.Tensor) -> tuple[float, float]:
+        def measured(rows_sampler: SamplerSettings, rows_prompts: torch.Tensor) -> tuple[float, float, float]:
             tokens, nelbo = self.dense_generation(rows_sampler, rows_prompts, nelbo_repeats=repeats)
-            return nelbo, distinct_ngrams(tokens[:, rows_prompts.shape[1]:])
+            generated = tokens[:, rows_prompts.shape[1]:]
+            return nelbo, distinct_ngrams(generated), collapsed_rows(generated)
 
         prompted, prompted_best = measured(sampler, prompts), measured(best, prompts)
         free, free_best = measured(sampled, empty), measured(best_sampled, empty)
-        return {"steps_prompted_gap": prompted[0] - prompted_best[0], "steps_unconditional_gap": free[0] - free_best[0],
+        return {"collapsed_rows": prompted[2], "dense_collapsed_rows": prompted_best[2],
+                "steps_prompted_gap": prompted[0] - prompted_best[0], "steps_unconditional_gap": free[0] - free_best[0],
                 "steps_prompted_diversity_gap": max(0.0, prompted_best[1] - prompted[1]),
                 "distinct4_ratio": prompted[1] / prompted_best[1] if prompted_best[1] > 0 else 1.0,
                 "steps_free_diversity_gap": max(0.0, free_best[1] - free[1])}

@@ -31,6 +31,14 @@ PICK_METRICS: tuple[str, ...] = (*OBJECTIVES, "latency_per_step_ms")
 #: that scored the trial) generated text has collapsed into whitespace or prompt echo: the dense model
 #: itself keeps 0.33 of them at 16 steps for 64 characters, where it prints the prompt and spaces.
 DEGENERATE_DISTINCT4_RATIO = 0.5
+#: Above this share of prompted rows collapsing one by one (``collapsed_rows``) beyond the dense model's at
+#: one token per step (``dense_collapsed_rows``), a Plan's text has collapsed where the pooled ratio cannot
+#: see it: 24 steps for 64 characters collapse 12 of the embedded model's 16 rows (dense: 3) at a pooled
+#: ratio of 0.94.
+DEGENERATE_COLLAPSED_EXCESS = 0.25
+#: What an export error says is allowed.
+NOT_DEGENERATE = (f"distinct4_ratio >= {DEGENERATE_DISTINCT4_RATIO} and collapsed_rows at most "
+                  f"{DEGENERATE_COLLAPSED_EXCESS} above the dense model's")
 
 
 class DegenerateTextError(ValueError):
@@ -38,14 +46,21 @@ class DegenerateTextError(ValueError):
 
 
 def degeneracy(trial: FrozenTrial, verified: Verification | None = None) -> str | None:
-    """Why ``trial``'s Plan counts as degenerate (its ``distinct4_ratio``, the full evaluator's when it
-    was ``verified``, is below :data:`DEGENERATE_DISTINCT4_RATIO`), or None."""
+    """Why ``trial``'s Plan counts as degenerate, or None: measured by the full evaluator when it was
+    ``verified``, else by the evaluator that scored the trial, its ``distinct4_ratio`` is below
+    :data:`DEGENERATE_DISTINCT4_RATIO` or its ``collapsed_rows`` exceed the dense model's by more than
+    :data:`DEGENERATE_COLLAPSED_EXCESS`."""
     measured = verified.metrics if verified is not None else trial.user_attrs.get(METRICS_ATTR, {})
     ratio = measured.get("distinct4_ratio")
-    if ratio is None or ratio >= DEGENERATE_DISTINCT4_RATIO:
-        return None
-    return (f"distinct4_ratio {ratio:.3f}: its generations keep {ratio:.0%} of the dense model's distinct 4-grams "
-            f"(below {DEGENERATE_DISTINCT4_RATIO} the text has collapsed into whitespace or prompt echo)")
+    if ratio is not None and ratio < DEGENERATE_DISTINCT4_RATIO:
+        return (f"distinct4_ratio {ratio:.3f}: its generations keep {ratio:.0%} of the dense model's distinct "
+                f"4-grams (below {DEGENERATE_DISTINCT4_RATIO} the text has collapsed into whitespace or prompt echo)")
+    collapsed, dense = measured.get("collapsed_rows"), measured.get("dense_collapsed_rows", 0.0)
+    if collapsed is not None and collapsed - dense > DEGENERATE_COLLAPSED_EXCESS:
+        return (f"collapsed_rows {collapsed:.3f}: {collapsed:.0%} of its prompted generations collapsed into "
+                f"whitespace or repetition, the dense model's {dense:.0%} (more than "
+                f"{DEGENERATE_COLLAPSED_EXCESS:.0%} above the dense model's is degenerate)")
+    return None
 
 
 class RunFolderError(ValueError):
@@ -163,9 +178,8 @@ def select_trial(study: optuna.Study, number: int | None = None, pick: str | Non
     feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if is_feasible(t) and (force or degeneracy(t, checked.get(t.number)) is None)]
     if not feasible:
-        raise DegenerateTextError("no feasible trial whose generations keep their variety "
-                                  f"(distinct4_ratio >= {DEGENERATE_DISTINCT4_RATIO}); allowed: a larger budget or "
-                                  "more steps, or --force to pick among degenerate Plans")
+        raise DegenerateTextError(f"no feasible trial whose generations keep their variety ({NOT_DEGENERATE}); "
+                                  "allowed: a larger budget or more steps, or --force to pick among degenerate Plans")
     front = {t.number for t in feasible_front(study.get_trials(deepcopy=False))}
     verified = [t for t in feasible if t.number in checked and t.number in front]  # what `pareto` shows verified
     if verified:

@@ -29,7 +29,8 @@ VALIDATION_FULL = FullSettings(draws=1)
 @dataclass(frozen=True)
 class PlanValidation:
     """A Plan measured beside the dense Plan: medians of interleaved ``generate`` timings (ms), full
-    evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``
+    evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``, the
+    shares of prompted rows that collapsed (the Plan's, and the dense model's at one token per step)
     and one generation of each from the same prompt."""
 
     dense_ms: float
@@ -37,6 +38,8 @@ class PlanValidation:
     plan_score: float
     dense_score: float
     distinct4_ratio: float
+    collapsed_rows: float
+    dense_collapsed_rows: float
     prompt: str
     dense_text: str
     plan_text: str
@@ -73,5 +76,7 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
             out = generate(model, ids, seed=0, **dataclasses.asdict(sampler))
         texts[name] = adapter.decode(out[0, ids.shape[1]:])
     return PlanValidation(statistics.median(times["dense"]), statistics.median(times["plan"]), scored.score,
-                          full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"], prompt,
-                          texts["dense"], texts["plan"])
+                          full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"],
+                          scored.metrics.get("collapsed_rows", float("nan")),
+                          scored.metrics.get("dense_collapsed_rows", float("nan")), prompt, texts["dense"],
+                          texts["plan"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dlmsearch.evaluators import FullEvaluator, FullSettings
-from dlmsearch.evaluators.full import distinct_ngrams
+from dlmsearch.evaluators.full import collapsed_rows, distinct_ngrams
 from dlmsearch.evaluators.infill_task import span_masks
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.diffusion import eval_windows
@@ -108,6 +108,16 @@ def test_the_score_is_the_mean_of_independent_draws() -> None:
 def test_distinct_ngrams_sees_repetition() -> None:
     assert distinct_ngrams(torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1]])) == 1 / 5
     assert distinct_ngrams(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])) == 1.0
+
+
+def test_collapsed_rows_are_counted_one_by_one() -> None:
+    """Rows that repeat each other keep a low pooled share without collapsing; a row of spaces collapses."""
+    varied = torch.arange(1, 17)
+    spaces_tail = torch.cat([torch.tensor([5, 6, 7]), torch.zeros(13, dtype=torch.long)])
+    alike = torch.stack([varied] * 4)
+    assert distinct_ngrams(alike) == 0.25 and collapsed_rows(alike) == 0.0
+    assert collapsed_rows(torch.stack([varied, spaces_tail, varied, spaces_tail])) == 0.5
+    assert collapsed_rows(torch.empty(0, 16, dtype=torch.long)) == 0.0
 
 
 def test_user_prompts_replace_the_held_out_prompts(embedded: object) -> None:
