@@ -4,8 +4,9 @@
 #   bash bench/gpu_check.sh [--quick]      # figures go to stdout and to ${OUT:-runs/gpu_check}/
 #
 # 1. a CUDA build of torch (installed into .venv-gpu from PyPI when the current Python has none);
-# 2. the tests marked `gpu` (real int8 / int4 weight-only and W8A8 kernels through apply_plan_,
-#    2:4 semi-structured sparsity, fp8 where the GPU has it, bf16 dense);
+# 2. the tests marked `gpu` (real int8 / int4 weight-only and W8A8 kernels through
+#    apply_plan_(use_kernels=True), apply_plan_'s default dequantize-then-matmul, 2:4
+#    semi-structured sparsity, fp8 where the GPU has it, bf16 dense);
 # 3. `dlmsearch profile --device cuda` for the embedded model's shapes;
 # 4. bench/gpu_cost_accuracy.py: cost-model Kendall tau and MAPE over 30 Plans on a random-init
 #    LLaDA-8B-shaped model with fewer blocks, and the measured kernel speed-ups.

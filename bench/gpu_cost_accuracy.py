@@ -9,11 +9,14 @@ The model is a random-init LLaDA-8B-shaped stack (hidden 4096, 32 heads, MLP 122
 126464) with fewer blocks, in bf16 on the GPU; a generation is 64 prompt + 64 generated tokens.
 Plans are drawn as in ``bench/cost_model_accuracy.py`` (per-(block, attention / MLP) weight and
 activation bits over one or two timestep groups, group size 0 or 64, pruning, 8/16/32 steps),
-applied with ``apply_plan_``'s default (every real CUDA kernel), and their ``generate`` time is the
-median over interleaved rounds (CUDA-synchronised). Predictions: the analytic model on the
+applied with ``apply_plan_``'s default (on CUDA no real kernel: every quantized layer dequantizes
+and multiplies in bf16, since each kernel was slower than bf16 here), and their ``generate`` time is
+the median over interleaved rounds (CUDA-synchronised). Predictions: the analytic model on the
 shipped datasheet spec of the GPU (H100 or H200 class) and on a profile measured in this run
 (``measure_profile(device="cuda")``). Kernel speed-ups: one LLaDA MLP projection (K=4096,
-N=12288) at M=128, bf16 dense against each real kernel, 2:4 semi-structured sparsity and fp8.
+N=12288) at M=128, bf16 dense against each real kernel, 2:4 semi-structured sparsity, fp8, and the
+dequantize-then-matmul layer ``apply_plan_`` runs by default (``speedup_simulated``: 4-bit weights,
+group 128; ``speedup_simulated_w8a8``: 8-bit weights with 8-bit fake-quantized activations).
 Figures print last as ``name: value`` lines.
 """
 
@@ -39,6 +42,7 @@ from dlmsearch.compress import apply_plan_  # noqa: E402
 from dlmsearch.compress.kernels import KERNELS, kernel_available  # noqa: E402
 from dlmsearch.compress.prune import keep_mask  # noqa: E402
 from dlmsearch.compress.quantize import quantize_rtn  # noqa: E402
+from dlmsearch.compress.quantized_linear import QuantConfig, QuantizedLinear  # noqa: E402
 from dlmsearch.cost_models.analytic import AnalyticCostModel  # noqa: E402
 from dlmsearch.cost_models.hardware_spec import load_hardware  # noqa: E402
 from dlmsearch.cost_models.profile import measure_profile  # noqa: E402
@@ -119,6 +123,15 @@ def kernel_speedups() -> dict[str, float]:
         x8, w8 = x.to(torch.float8_e4m3fn), dense_w.to(torch.float8_e4m3fn)
         out["speedup_fp8"] = base / _seconds(
             lambda: torch._scaled_mm(x8, w8.t(), scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16), 50)
+    linear = torch.nn.Linear(4096, 12288, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight.cpu())
+    for name, config in (("speedup_simulated", QuantConfig((4,), (16,), group_size=128)),
+                         ("speedup_simulated_w8a8", QuantConfig((8,), (8,), group_size=0))):
+        layer = QuantizedLinear.from_linear(linear, config).to("cuda")  # apply_plan_'s default: no kernel on CUDA
+        with torch.inference_mode():
+            out[name] = base / _seconds(lambda m=layer: m(x), 50)
+        del layer
     return out
 
 

@@ -232,8 +232,9 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     listing every mismatch). ``calibration`` feeds Wanda, sink-aware Wanda and GPTQ; by default
     the calibration plays of the shipped corpus are used. ``use_kernels`` chooses real low-bit
     kernels over dequantize-then-matmul (:func:`~dlmsearch.compress.kernels.kernels_for`): by
-    default those faster than a float matmul on the model's device -- fbgemm's dynamic int8 for
-    W8A8 layers on CPUs, every kernel on CUDA; ``True`` all, ``False`` none. Each quantized layer
+    default those measured faster than a float matmul on the model's device -- fbgemm's dynamic int8
+    for W8A8 layers on CPUs, none on CUDA (every quantized layer there dequantizes and multiplies in
+    the model's dtype); ``True`` all, ``False`` none. Each quantized layer
     reports which one it runs. ``statistics`` precomputed on this
     (dense) model are used when they cover the Plan. ``progress`` shows bars on a terminal
     (evaluators, which compress a copy per trial, turn them off). On any error the model is left exactly

@@ -25,12 +25,19 @@ rounding:
   saturate), not the Plan's per-token scheme. :func:`fbgemm_reference` computes it in float,
   and ``bench/nested_quality.py`` measures its KL and NELBO against the simulated format.
 
-Real is not fast everywhere (``bench/compress_speed.py``): on CPUs ``int8_fbgemm`` runs a DLM
+Real is not fast everywhere. On CPUs (``bench/compress_speed.py``) ``int8_fbgemm`` runs a DLM
 step's token counts at 0.1-0.8 of float32's time, while the other three are several times slower
-than a float32 matmul; on CUDA it is the reverse. Each kernel names the device types it is fast
-on (:attr:`Kernel.fast_on`), and :func:`kernels_for` is the one place that turns a ``use_kernels``
-setting into the kernels that run: ``None`` (``apply_plan_``'s default) the fast ones, ``True``
-every available one, ``False`` none (dequantize-then-matmul, ``simulated``).
+than a float32 matmul. On CUDA (where ``int8_fbgemm`` does not run) none of the other three is
+faster than bf16: on an H200 (torch 2.11,
+``bench/gpu_cost_accuracy.py``, a LLaDA-8B MLP projection at M = 128 tokens) ``int8_weight_only``
+ran at 0.0039x bf16's speed, ``int4_weight_only`` at 0.116x and ``int8_dynamic`` at 0.151x (2:4
+semi-structured sparsity 0.068x; only fp8 ``torch._scaled_mm``, 1.11x, beat bf16, and no Plan
+format runs fp8). Each kernel names the device types where it was measured faster than the float
+matmul (:attr:`Kernel.fast_on`: ``int8_fbgemm`` on ``cpu``, nothing on ``cuda``), and
+:func:`kernels_for` is the one place that turns a ``use_kernels`` setting into the kernels that
+run: ``None`` (``apply_plan_``'s default) the fast ones -- so on a GPU every quantized layer is
+dequantized once and multiplied in bf16 -- ``True`` every available one, ``False`` none
+(dequantize-then-matmul, ``simulated``).
 
 :func:`bf16_linear` serves benchmarks only.
 """
@@ -272,7 +279,8 @@ class Kernel:
     """A real kernel for ``QuantizedLinear``: which formats it takes and how to run it.
 
     ``act_bits`` is 16 for weight-only kernels and 8 for W8A8 (the kernel quantizes activations);
-    ``fast_on`` names the device types where it beats a float matmul at a DLM step's token counts;
+    ``fast_on`` names the device types where it was measured faster than a float matmul at a DLM
+    step's token counts (what ``apply_plan_`` runs by default, see :func:`kernels_for`);
     ``reference`` computes in float what the kernel computes (the probe checks the kernel against it).
     """
 
@@ -303,16 +311,19 @@ def _dequantize_reference(act_bits: int) -> Callable[[torch.Tensor, QuantizedWei
     return lambda x, qw: quantize_activations(x, act_bits) @ qw.dequantize().to(x.device).t()
 
 
-_CUDA = frozenset({"cuda"})
+#: Measured slower than the float matmul at a DLM step's token counts on every device type tried
+#: (CPUs: ``bench/compress_speed.py``; CUDA: one H200, ``bench/gpu_cost_accuracy.py``): run only
+#: under ``use_kernels=True``.
+_NOWHERE: frozenset[str] = frozenset()
 KERNELS: dict[str, Kernel] = {
     INT8_FBGEMM: Kernel(INT8_FBGEMM, (8,), 8, _on_cpu, pack_int8_fbgemm, int8_fbgemm_linear, frozenset({"cpu"}),
                         fbgemm_reference),
     INT8_DYNAMIC: Kernel(INT8_DYNAMIC, (8,), 8, _int8_dynamic_supported, pack_int8_dynamic, int8_dynamic_linear,
-                         _CUDA, _dequantize_reference(8)),
+                         _NOWHERE, _dequantize_reference(8)),
     INT8_WEIGHT_ONLY: Kernel(INT8_WEIGHT_ONLY, (8,), 16, _per_channel, pack_int8_weight_only,
-                             int8_weight_only_linear, _CUDA, _dequantize_reference(16)),
+                             int8_weight_only_linear, _NOWHERE, _dequantize_reference(16)),
     INT4_WEIGHT_ONLY: Kernel(INT4_WEIGHT_ONLY, (2, 3, 4), 16, _int4_supported, pack_int4_weight_only,
-                             int4_weight_only_linear, _CUDA, _dequantize_reference(16)),
+                             int4_weight_only_linear, _NOWHERE, _dequantize_reference(16)),
 }
 
 

@@ -10,7 +10,9 @@ processes ``M = batch * (prompt_length + gen_length)`` tokens. Per step and per 
 (the roofline of RESEARCH.md; Williams et al. 2009). Which real kernels may run is
 :func:`kernels_that_run`: the target's listed kernels that ``apply_plan_``'s ``use_kernels`` allows
 on its device type (:func:`dlmsearch.compress.kernels.kernels_for`, the one place that decides
-it: by default those fast there -- every kernel on CUDA, ``int8_fbgemm`` on CPUs). Which format
+it: by default those measured faster than the float matmul there -- ``int8_fbgemm`` on CPUs, none
+on CUDA, so a GPU target prices every quantized layer as ``simulated`` unless ``use_kernels=True``
+asks for the real kernels, which were all slower than bf16 on an H200). Which format
 runs follows :func:`dlmsearch.compress.kernels.select_kernel`, restated over arrays: on CPUs W8A8
 runs ``int8_fbgemm`` (int8 peak, any group size: it requantizes per channel); W8A8 runs the
 ``int8_dynamic`` kernel (int8 peak, 1-byte activations) when the weight is 8-bit *per channel*;
@@ -127,9 +129,11 @@ def kernels_that_run(hw: HardwareSpec, use_kernels: bool | None = None) -> froze
     (as given to ``apply_plan_``) allows on the target's device type.
 
     None, the default, is decided in one place, :func:`dlmsearch.compress.kernels.kernels_for`:
-    the kernels fast on the device type (every one on CUDA; on CPUs only ``int8_fbgemm``: torch's
-    int8 / int4 weight-only kernels there are many times slower than a float32 matmul at a DLM
-    step's token counts, so those layers run dequantize-then-matmul, format ``simulated``).
+    the kernels measured faster than the float matmul on the device type at a DLM step's token
+    counts. On CPUs only ``int8_fbgemm`` (torch's int8 / int4 weight-only kernels there are many
+    times slower than a float32 matmul); on CUDA none (torch's int8 / int4 weight-only and W8A8
+    kernels ran at 0.004-0.15x bf16's speed on an H200). Layers without a kernel run
+    dequantize-then-matmul, format ``simulated``.
     """
     return kernels_for(target_device_type(hw), use_kernels) & frozenset(hw.kernels)
 
@@ -156,8 +160,8 @@ class AnalyticCostModel(BaseCostModel):
     ``load_model`` keeps float32 and bf16 matmuls are emulated, ``bf16`` on accelerators).
     ``use_kernels`` says which real low-bit kernels quantized layers run; None (the default)
     takes the decision ``apply_plan_`` makes by default on the target (:func:`kernels_that_run`):
-    every kernel on CUDA, fbgemm's int8 for W8A8 on CPUs, dequantize-then-matmul (``simulated``)
-    for the rest. ``layout`` is ``"packed"`` or
+    fbgemm's int8 for W8A8 on CPUs, dequantize-then-matmul (``simulated``) for the rest and for
+    every quantized layer on a GPU. ``layout`` is ``"packed"`` or
     ``"runtime"`` (see :data:`LAYOUTS`).
     """
 

@@ -152,7 +152,8 @@ class MeasuredCostModel(BaseCostModel):
 
     ``load`` returns a fresh, uncompressed adapter each call. ``use_kernels`` goes to ``apply_plan_``:
     None (the default) is what it does by default, the decision :class:`AnalyticCostModel` prices
-    too (real kernels on CUDA, dequantize-then-matmul on CPUs); True forces the real kernels. Only
+    too (fbgemm's int8 for W8A8 on CPUs, dequantize-then-matmul elsewhere and for every quantized
+    layer on CUDA); True forces the real kernels. Only
     meaningful for the device the model runs on: ``cost`` refuses a hardware spec of another kind.
     Slow (it compresses and runs the model): use it to check the analytic model, not inside a search.
     """

@@ -21,9 +21,12 @@ Calibration: for each format or part, ``eta_f(M) = ideal(M) / measured(M)`` wher
 :meth:`AnalyticCostModel.ideal_part_times` (roofline at the profile's peak FLOP/s and bandwidth,
 no launch overhead) summed over the model's linears, so the analytic model given the profile
 reproduces the measured times at the measured M (and interpolates in log M between them).
-``simulated`` (a quantized layer without a kernel: the cached dequantized float32 weight and a
-dense matmul, what ``apply_plan_`` runs on CPUs by default) is calibrated as the float32 timings of
-the same shapes plus the quantized layer's measured per-call Python overhead. The
+``simulated`` (a quantized layer without a kernel: the cached dequantized weight and a dense
+matmul in the model's dtype, what ``apply_plan_`` runs by default for every quantized layer on a
+GPU and for all but W8A8 on CPUs) is calibrated as the dense timings of the same shapes in the
+dtype a model runs in on the device (float32 on CPUs, bf16 on GPUs: see
+:func:`~dlmsearch.cost_models.analytic.default_dense_dtype`) plus the quantized layer's measured
+per-call Python overhead. The
 result is a :class:`HardwareSpec` (``format_efficiency`` plus raw samples under ``profile``)
 that :func:`load_hardware` reads back. Profiles are cached under
 ``cache_dir()/profiles`` by device fingerprint, torch version, thread count, the model's shapes
@@ -54,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dlmsearch.cost_models.analytic import AnalyticCostModel
+from dlmsearch.cost_models.analytic import AnalyticCostModel, default_dense_dtype
 from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec, HardwareSpecError, load_hardware
 from dlmsearch.models.adapters import LinearInfo, ModelShape
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
@@ -62,7 +65,7 @@ from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 logger = logging.getLogger("dlmsearch.cost_models.profile")
 
 PROFILE_FORMAT = "dlmsearch.profile"
-PROFILE_VERSION = 3  # 3: int8_fbgemm measured
+PROFILE_VERSION = 4  # 3: int8_fbgemm measured; 4: simulated on GPUs from bf16 timings
 QUICK_TOKEN_COUNTS: tuple[int, ...] = (1, 16, 64, 256)
 FULL_TOKEN_COUNTS: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512)
 ROTATION_CAP_BYTES = 512 * 2**20  # at most this much rotating weight memory per (format, shape)
@@ -338,6 +341,14 @@ def _module_bytes(module: nn.Module) -> int:
     return total
 
 
+def _input_dtype(fmt: str, device: torch.device) -> torch.dtype:
+    """The input dtype a linear format is timed with: bf16 for ``bf16``, and for ``simulated`` on a GPU
+    (a bf16 model's quantized layers multiply their dequantized weight in bf16 there); else float32."""
+    if fmt == "bf16" or (fmt == "simulated" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
 def _simulated_group(k: int) -> int:
     """A group size for 8-bit weights that no int8 kernel takes (not per channel)."""
     return next((g for g in (64, 32, 16) if k % g == 0 and g < k), 0)
@@ -504,7 +515,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
                 continue
             first = _linear_module(k, n_eff, base, group, device, seed=k * 7919 + n_eff)
             with torch.inference_mode():  # packs kernel operands before copying
-                first(torch.randn(2, k, device=device, dtype=torch.bfloat16 if base == "bf16" else torch.float32))
+                first(torch.randn(2, k, device=device, dtype=_input_dtype(base, device)))
             modules[(fmt, k, n)] = _rotating_copies(first, count, _module_bytes(first))
     probe = _BlockProbe(shape, max(token_counts), device)
 
@@ -515,7 +526,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
                       for k in widths for dtype in (torch.float32, torch.bfloat16)}
             items = []
             for (fmt, k, n), copies in modules.items():
-                x = inputs[(k, torch.bfloat16 if fmt == "bf16" else torch.float32)]
+                x = inputs[(k, _input_dtype(fmt, device))]
                 items.append(_Item(fmt, (k, n), shapes[(k, n)], _rotating_call(copies, x)))
             for k, count in widths.items():
                 items.append(_Item("act_quant", (k,), count, _act_quant_call(inputs[(k, torch.float32)])))
@@ -544,14 +555,17 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     ``launch`` (seconds per framework call) is taken off every measured time first, once per call
     the analytic model counts, so ``ideal / eta + calls * launch`` reproduces each measurement.
     With ``quantized_overhead`` (see :func:`_quantized_overhead`) the ``simulated`` format is the
-    float32 matmul of the same shapes plus that much per call -- what dequantize-then-matmul runs --
-    rather than its own, separately drifting, timings.
+    dense matmul of the same shapes in the device's model dtype (float32 on CPUs, bf16 on GPUs)
+    plus that much per call -- what dequantize-then-matmul runs -- rather than its own, separately
+    drifting, timings.
     """
     from dlmsearch.compress.kernels import KERNELS, kernel_available
 
     kernels = tuple(k for k in KERNELS if kernel_available(k, device))
     kind = "gpu" if device.type == "cuda" else "cpu"
     ideal_hw = HardwareSpec("ideal", kind, peaks, bandwidth, 2**40, kernels)
+    # dequantize-then-matmul multiplies in the dtype the model runs in here (a bf16 model's on a GPU)
+    simulated_dense = default_dense_dtype(ideal_hw)
     by = {(s.part, s.key, s.tokens): s for s in samples}
     token_counts = sorted({s.tokens for s in samples})
     # calibrated against each kernel's own ideal time, whatever a target runs by default
@@ -566,13 +580,13 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
     for tokens in token_counts:
         for fmt in formats:
             measured = [by.get((fmt, key, tokens)) for key in shapes]
-            as_fp32 = [by.get(("fp32", key, tokens)) for key in shapes]
-            if fmt == "simulated" and quantized_overhead is not None and all(s is not None for s in as_fp32):
-                measured = [replace(s, median_s=s.median_s + quantized_overhead) for s in as_fp32 if s is not None]
+            as_dense = [by.get((simulated_dense, key, tokens)) for key in shapes]
+            if fmt == "simulated" and quantized_overhead is not None and all(s is not None for s in as_dense):
+                measured = [replace(s, median_s=s.median_s + quantized_overhead) for s in as_dense if s is not None]
             if any(s is None for s in measured):
                 continue  # a shape the kernel cannot run: no curve from a partial sum
             total = sum(_net(s.median_s, launch, 0.1 * s.median_s) * s.count for s in measured if s is not None)
-            model = dense["bf16" if fmt == "bf16" else "fp32"]
+            model = dense[fmt if fmt in dense else simulated_dense if fmt == "simulated" else "fp32"]
             layer = _format_layer(fmt, group if fmt != "simulated" else min(_simulated_group(k) for k in widths))
             ideal = _ideal(model, layer, tokens, ideal_hw)[f"linear:{fmt}"]
             curves.setdefault(fmt, {})[tokens] = ideal / total

@@ -21,6 +21,7 @@ from dlmsearch.compress.kernels import (
     KERNELS,
     bf16_linear,
     kernel_available,
+    kernels_for,
     select_kernel,
 )
 from dlmsearch.compress.quantize import nested_from_master, quantize_activations, quantize_rtn
@@ -224,6 +225,17 @@ def test_select_kernel_rules() -> None:
     assert name_of(4, 8, 16, 32, 64, "cpu") is None  # tinygemm groups are 32..256
     assert name_of(4, 16, 32, 24, 64, "cpu") is None  # CPU int4 needs N % 16 == 0
     assert name_of(4, 16, 32, 32, 64, "cpu", torch.float64) is None
+
+
+def test_by_default_only_kernels_measured_faster_than_the_float_matmul_run() -> None:
+    """CPUs: fbgemm's int8 only; CUDA: none (on an H200 each was slower than bf16, bench/RESULTS.md)."""
+    assert kernels_for("cpu", None) == {INT8_FBGEMM}
+    assert kernels_for("cuda", None) == frozenset()
+    for device_type in ("cpu", "cuda"):
+        assert kernels_for(device_type, True) == set(KERNELS)  # every kernel stays available on request
+        assert kernels_for(device_type, False) == frozenset()
+    for bits, act_bits, group_size in ((8, 16, 0), (4, 16, 32), (8, 8, 0)):  # no kernel considered, none probed
+        assert select_kernel(bits, act_bits, group_size, 32, 64, "cuda", torch.bfloat16, None) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

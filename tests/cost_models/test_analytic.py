@@ -9,7 +9,7 @@ import pytest
 from dlmsearch.compress.kernels import kernels_for
 from dlmsearch.cost_models import analytic
 from dlmsearch.cost_models.analytic import AnalyticCostModel, steps_per_group
-from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec
+from dlmsearch.cost_models.hardware_spec import EfficiencyCurve, HardwareSpec, load_hardware
 from dlmsearch.models.adapters import LinearInfo, ModelShape
 from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 
@@ -55,7 +55,7 @@ def test_halving_steps_halves_latency() -> None:
 
 
 def test_four_bit_weights_cut_weight_bytes_with_scales_only_with_a_kernel() -> None:
-    model = AnalyticCostModel(SHAPE, LINEARS[:1])
+    model = AnalyticCostModel(SHAPE, LINEARS[:1], use_kernels=True)  # the toy GPU runs no kernel by default
     w4 = _plan(layer=LayerPlan((4,), (16,), group_size=64))
     membound = _hardware(("int4_weight_only",), flops=1e18)
     dense_s = model.step_times(model.encode([_plan()]), membound)["linear"][0, 0]
@@ -80,7 +80,7 @@ def test_unstructured_sparsity_costs_dense_time_but_structure_does_not() -> None
 
 def test_per_timestep_bits_are_costed_per_group() -> None:
     assert steps_per_group(10, (0.25, 0.5)) == [3, 2, 5]
-    model = AnalyticCostModel(SHAPE, LINEARS)
+    model = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
     hw = _hardware(("int8_dynamic",))
     w8a8 = model.cost(_plan(layer=LayerPlan((8,), (8,), group_size=0)), hw).latency_ms
     dense = model.cost(_plan(), hw).latency_ms
@@ -114,7 +114,7 @@ def test_costing_plans_together_changes_no_plan() -> None:
 
 
 def test_int8_kernels_need_per_channel_weights() -> None:
-    model = AnalyticCostModel(SHAPE, LINEARS)
+    model = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
     hw = _hardware(("int8_weight_only", "int8_dynamic"))
     per_group = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=64))]), hw)
     per_channel = model.formats(model.encode([_plan(layer=LayerPlan((8,), (8,), group_size=0))]), hw)
@@ -127,15 +127,32 @@ def test_kernel_decision_is_apply_plans_default(kind: str) -> None:
     hw = replace(_hardware(listed), kind=kind)
     device_type = analytic.target_device_type(hw)
     assert analytic.kernels_that_run(hw) == kernels_for(device_type, None) & set(listed)
-    assert analytic.kernels_that_run(hw) == ({"int8_fbgemm"} if kind == "cpu" else set(listed) - {"int8_fbgemm"})
+    assert analytic.kernels_that_run(hw) == ({"int8_fbgemm"} if kind == "cpu" else set())  # none beat bf16 on CUDA
     assert analytic.kernels_that_run(hw, use_kernels=True) == set(listed)
     assert analytic.kernels_that_run(hw, use_kernels=False) == set()
     model = AnalyticCostModel(SHAPE, LINEARS)
     formats = model.formats(model.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
-    assert (formats == (analytic.INT4_WEIGHT_ONLY if kind == "gpu" else analytic.SIMULATED)).all()
+    assert (formats == analytic.SIMULATED).all()
     forced = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
     assert (forced.formats(forced.encode([_plan(layer=LayerPlan((4,), (16,), group_size=64))]), hw)
             == analytic.INT4_WEIGHT_ONLY).all()
+
+
+@pytest.mark.parametrize("target", ["h200", "h100-sxm", "a100-80gb", "l4", "rtx-4090"])
+def test_gpu_targets_price_no_low_bit_speed_up_that_the_default_does_not_run(target: str) -> None:
+    """On CUDA apply_plan_ dequantizes every quantized layer by default (its kernels were slower than bf16
+    on an H200), so a GPU target prices those layers as dense bf16 matmuls, plus fake-quant for W8A8."""
+    hw = load_hardware(target)
+    default, forced = AnalyticCostModel(SHAPE, LINEARS), AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)
+    dense = default.cost(_plan(), hw)
+    for layer in (LayerPlan((4,), (16,), group_size=64), LayerPlan((8,), (16,), group_size=0),
+                  LayerPlan((8,), (8,), group_size=0)):
+        plan = _plan(layer=layer)
+        assert (default.formats(default.encode([plan]), hw) == analytic.SIMULATED).all()
+        cost = default.cost(plan, hw)
+        assert cost.breakdown["linear_ms"] == pytest.approx(dense.breakdown["linear_ms"])
+        assert cost.latency_ms >= dense.latency_ms * (1 - 1e-12)
+        assert (forced.formats(forced.encode([plan]), hw) != analytic.SIMULATED).all()  # the kernels, on request
 
 
 def test_w8a8_runs_fbgemm_on_cpus_at_any_group_size() -> None:

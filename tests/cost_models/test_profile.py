@@ -204,3 +204,33 @@ def test_default_cpu_pricing_is_what_apply_plan_runs_by_default(tiny_profile: Ha
         assert formats == ({"simulated"} if use_kernels is None else {"int4_weight_only"})
     calibrated = model.cost(plan, kernels).breakdown
     assert calibrated["linear_ms"] > 0 and model.dtype_for(kernels) == "fp32"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_simulated_layers_are_priced_as_the_devices_dense_matmul_plus_the_layers_overhead(
+        tiny_profile: HardwareSpec, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """A GPU runs a bf16 model, whose dequantized layers multiply in bf16 (float32 on a CPU): calibrated
+    from this CPU's samples as if they were a GPU's, ``simulated`` costs the bf16 matmul plus the overhead."""
+    import torch
+
+    from dlmsearch.compress import kernels as kernels_module
+
+    monkeypatch.setattr(profile_module, "device_fingerprint", lambda device="cpu": f"{device}/test")
+    monkeypatch.setattr(profile_module, "_memory_capacity", lambda device: 2**34)
+    monkeypatch.setattr(kernels_module, "kernel_available", lambda name, device: False)
+    info = tiny_profile.profile
+    samples = [profile_module.Sample(part, tuple(key), count, tokens, ms / 1e3, spread, rounds)
+               for part, key, count, tokens, ms, spread, rounds in info["samples"]]
+    adapter = build_random_model("llama", **TINY)
+    overhead = 3e-6
+    spec = profile_module.calibrate(adapter.shape, adapter.linears(), samples, dict(tiny_profile.peak_flops),
+                                    tiny_profile.memory_bandwidth_bytes_per_s, torch.device(device),
+                                    ["fp32", "bf16", "simulated"], int(info["probe_vocab"]), 0.0, overhead)
+    assert spec.kind == ("gpu" if device == "cuda" else "cpu")
+    model = AnalyticCostModel(adapter.shape, adapter.linears())
+    names = [i.name for i in adapter.linears()]
+    arrays = model.encode([_plan(LayerPlan(group_size=0), names), _plan(LayerPlan((8,), (16,), group_size=32), names)])
+    assert {analytic.KERNEL_FORMATS.get(int(c), "dense") for c in model.formats(arrays, spec)[1].flat} == {"simulated"}
+    linear = model.step_times(arrays, spec)["linear"][:, 0]  # M = 8, a measured token count
+    assert model.dtype_for(spec) == ("bf16" if device == "cuda" else "fp32")
+    assert linear[1] - linear[0] == pytest.approx(len(names) * overhead, rel=1e-6)

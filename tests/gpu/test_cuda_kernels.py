@@ -1,5 +1,7 @@
-"""Real CUDA kernels: int8 / int4 weight-only and W8A8 through apply_plan_, 2:4 semi-structured
-sparsity, fp8 and bf16 dense. Run by ``bench/gpu_check.sh``; they skip without a CUDA GPU."""
+"""Real CUDA kernels: int8 / int4 weight-only and W8A8 through ``apply_plan_(use_kernels=True)``,
+``apply_plan_``'s default on CUDA (no kernel: each was slower than bf16 on an H200, so every quantized
+layer dequantizes and multiplies in bf16), 2:4 semi-structured sparsity, fp8 and bf16 dense. Run by
+``bench/gpu_check.sh``; they skip without a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -8,9 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from dlmsearch.compress import QuantizedLinear, apply_plan_
-from dlmsearch.compress.kernels import INT4_WEIGHT_ONLY, INT8_DYNAMIC, INT8_WEIGHT_ONLY, KERNELS, kernel_available
+from dlmsearch.compress.kernels import (
+    INT4_WEIGHT_ONLY,
+    INT8_DYNAMIC,
+    INT8_WEIGHT_ONLY,
+    KERNELS,
+    kernel_available,
+    kernels_for,
+)
 from dlmsearch.compress.prune import keep_mask
 from dlmsearch.compress.quantize import quantize_rtn
+from dlmsearch.compress.quantized_linear import SIMULATED
+from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.loading import build_random_model
 from dlmsearch.models.sampler import generate
 from dlmsearch.plan import uniform_plan
@@ -34,23 +45,53 @@ def test_kernel_runs_and_matches_its_reference(name: str, bits: int, act_bits: i
     assert _relative_error(out, kernel.reference(x.float(), qw)) < 2e-2
 
 
-@pytest.mark.parametrize(("weight_bits", "act_bits", "expected"), [
-    (4, 16, INT4_WEIGHT_ONLY), (8, 16, INT8_WEIGHT_ONLY), (8, 8, INT8_DYNAMIC)])
-def test_apply_plan_runs_real_kernels_on_cuda(weight_bits: int, act_bits: int, expected: str) -> None:
+def _cuda_model() -> DLMAdapter:
     adapter = build_random_model("llama", num_layers=2, hidden_size=256, num_heads=4, intermediate_size=512,
                                  vocab_size=512)
     adapter.model.to("cuda", torch.bfloat16)
+    return adapter
+
+
+def _kernels_run(adapter: DLMAdapter) -> set[str]:
+    return {m.summary["kernels"][0] for m in adapter.model.modules() if isinstance(m, QuantizedLinear)}
+
+
+@pytest.mark.parametrize(("weight_bits", "act_bits", "expected"), [
+    (4, 16, INT4_WEIGHT_ONLY), (8, 16, INT8_WEIGHT_ONLY), (8, 8, INT8_DYNAMIC)])
+def test_apply_plan_runs_real_kernels_on_cuda_when_asked(weight_bits: int, act_bits: int, expected: str) -> None:
+    adapter = _cuda_model()
     ids = torch.randint(0, 510, (1, 32), device="cuda")
     with torch.inference_mode():
         dense = adapter.forward_logits(ids)
     group_size = 0 if weight_bits == 8 else 128  # the int8 kernels take per-channel weights
-    apply_plan_(adapter, uniform_plan(adapter, weight_bits=weight_bits, act_bits=act_bits, group_size=group_size))
-    layers = [m for m in adapter.model.modules() if isinstance(m, QuantizedLinear)]
-    assert {m.summary["kernels"][0] for m in layers} == {expected}
+    plan = uniform_plan(adapter, weight_bits=weight_bits, act_bits=act_bits, group_size=group_size)
+    apply_plan_(adapter, plan, use_kernels=True)
+    assert _kernels_run(adapter) == {expected}
     with torch.inference_mode():
         assert _relative_error(adapter.forward_logits(ids), dense) < 0.25
         out = generate(adapter, ids[0, :8], gen_length=16, steps=8, block_length=16)
     assert out.shape == (1, 24)
+
+
+@pytest.mark.parametrize(("weight_bits", "act_bits", "expected"), [
+    (4, 16, SIMULATED), (8, 16, SIMULATED), (8, 8, f"{SIMULATED}+fake_act8")])
+def test_apply_plan_dequantizes_on_cuda_by_default(weight_bits: int, act_bits: int, expected: str) -> None:
+    """No real kernel beat bf16 on an H200, so by default every quantized layer multiplies its
+    dequantized weight in bf16: exactly what ``use_kernels=False`` computes."""
+    assert kernels_for("cuda", None) == frozenset()
+    group_size = 0 if weight_bits == 8 else 128
+    ids = torch.randint(0, 510, (1, 32), device="cuda")
+    outputs = []
+    for use_kernels in (None, False):
+        adapter = _cuda_model()
+        apply_plan_(adapter, uniform_plan(adapter, weight_bits=weight_bits, act_bits=act_bits, group_size=group_size),
+                    use_kernels=use_kernels)
+        assert _kernels_run(adapter) == {expected}
+        with torch.inference_mode():
+            outputs.append(adapter.forward_logits(ids))
+            out = generate(adapter, ids[0, :8], gen_length=16, steps=8, block_length=16)
+        assert out.shape == (1, 24)
+    assert torch.equal(outputs[0], outputs[1])
 
 
 def test_semi_structured_two_four_matches_masked_dense() -> None:
