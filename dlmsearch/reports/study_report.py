@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dlmsearch.plan import Plan
 from dlmsearch.search.attributes import FIDELITY_ATTR, LIMITS_ATTR, PLAN_ATTR, REFERENCE_ATTR, SENSITIVITY_ATTR
 from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
+from dlmsearch.search.results import degeneracy
 from dlmsearch.search.verification import Verification, proxy_agreement, verifications
 
 logger = logging.getLogger("dlmsearch.reports.study_report")
@@ -56,6 +57,7 @@ class TrialPoint:
     summary: str
     fidelity: str
     verified_quality: float | None = None  # the full evaluator's score, where the front was verified
+    degenerate: str | None = None  # why its text counts as collapsed (export refuses it), or None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ def front_data(study: optuna.Study) -> FrontData:
     points = [TrialPoint(t.number, dict(zip(objectives, t.values or [], strict=True)), is_feasible(t),
                          t.number in front, _summary(t.user_attrs.get(PLAN_ATTR)),
                          str(t.user_attrs.get(FIDELITY_ATTR, "")),
-                         checked[t.number].quality if t.number in checked else None)
+                         checked[t.number].quality if t.number in checked else None,
+                         degeneracy(t, checked.get(t.number)))
               for t in sorted(trials, key=lambda t: t.number)]
     budget = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items() if k in objectives}
     return FrontData(objectives, points, budget)
@@ -321,6 +324,15 @@ def _cell(objective: str, value: float) -> str:
     return TABLE_COLUMNS.get(objective, ("", "{:.4g}"))[1].format(shown)
 
 
+def _text_cell(degenerate: str | None) -> str:
+    """A front table cell marking a Plan whose text collapsed (export refuses it): the figure, the whole
+    reason on hover; empty for the others."""
+    if degenerate is None:
+        return ""
+    figure = degenerate.split(":")[0]
+    return f"<span title='{html.escape(degenerate, quote=True)}'>collapsed ({html.escape(figure)}): not exported</span>"
+
+
 def _pick_example(front: FrontData) -> str:
     """An ``export --pick`` line this study can answer: the best quality within the front's median latency."""
     points = front.front()
@@ -342,9 +354,10 @@ def render_html(data: StudyReportData) -> str:
     objectives = data.front.objectives
     rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{_cell(o, p.values[o])}</td>" for o in objectives)
                    + f"<td>{'' if p.verified_quality is None else _cell('quality', p.verified_quality)}</td>"
+                   + f"<td>{_text_cell(p.degenerate)}</td>"
                    + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
     header = "".join(f"<th>{html.escape(TABLE_COLUMNS.get(o, (o, ''))[0])}</th>"
-                     for o in data.front.objectives) + "<th>verified quality (full evaluator)</th>"
+                     for o in data.front.objectives) + "<th>verified quality (full evaluator)</th><th>text</th>"
     verified = data.front.verified()
     agreement = data.front.proxy_agreement()
     verification = (f" Front verified by the full evaluator: {len(verified)} Plans" + (

@@ -94,7 +94,8 @@ def open_study(run_dir: str | Path | None = None, storage: str | None = None, st
 @dataclass(frozen=True)
 class FrontRow:
     """One trial as the front table shows it; ``metrics["quality"]`` is the verified score when
-    ``verified`` (the proxy's is then ``proxy_quality``)."""
+    ``verified`` (the proxy's is then ``proxy_quality``); ``degenerate`` says why export refuses its text
+    (:func:`degeneracy`), or None."""
 
     number: int
     metrics: dict[str, float]
@@ -103,6 +104,7 @@ class FrontRow:
     summary: str
     verified: bool = False
     proxy_quality: float | None = None
+    degenerate: str | None = None
 
 
 def plan_of(trial: FrozenTrial) -> Plan:
@@ -133,7 +135,7 @@ def trial_row(trial: FrozenTrial, verified: Verification | None = None) -> Front
     if verified is not None:
         metrics["quality"] = verified.quality
     return FrontRow(trial.number, metrics, is_feasible(trial), str(trial.user_attrs.get(FIDELITY_ATTR, "")),
-                    plan_summary(plan_of(trial)), verified is not None, proxy)
+                    plan_summary(plan_of(trial)), verified is not None, proxy, degeneracy(trial, verified))
 
 
 def front_rows(study: optuna.Study) -> list[FrontRow]:
@@ -148,7 +150,7 @@ def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
     the proxy's beside it), Plan summary and the Plan."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "verified": row.verified,
-             "proxy_quality": row.proxy_quality, "summary": row.summary,
+             "proxy_quality": row.proxy_quality, "degenerate": row.degenerate, "summary": row.summary,
              PLAN_ATTR: trials[row.number].user_attrs[PLAN_ATTR]} for row in front_rows(study)]
     out = Path(path)
     out.write_text(json.dumps({"study": study.study_name, "objectives": study.metric_names, "front": data},

@@ -14,8 +14,9 @@ from dlmsearch.search.attributes import LIMITS_ATTR, REFERENCE_ATTR
 ADAPTER = build_random_model("llama", num_layers=2, hidden_size=64, num_heads=4)
 
 
-def hand_built() -> optuna.Study:
-    """Three trials: a feasible front of two (0 and 2) and one over the latency budget (1)."""
+def hand_built(last_metrics: dict[str, float] | None = None) -> optuna.Study:
+    """Three trials: a feasible front of two (0 and 2) and one over the latency budget (1); the last one
+    with ``last_metrics`` as its evaluator's metrics."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     study.set_metric_names(["quality", "latency_ms"])
     study.set_user_attr(LIMITS_ATTR, {"latency_ms": 100.0})
@@ -28,6 +29,8 @@ def hand_built() -> optuna.Study:
         trial = study.ask()
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("fidelity", "full")
+        if last_metrics is not None and plan is plans[-1]:
+            trial.set_user_attr("metrics", last_metrics)
         trial.set_constraint("latency_ms", latency - 100.0)
         study.tell(trial, [quality, latency])
     return study
@@ -67,3 +70,11 @@ def test_front_table_formats_each_objective_and_suggests_a_pick_this_study_answe
     limit = int(page.split("latency_ms &lt;= ")[1].split("'")[0])
     front_latencies = sorted(p.values["latency_ms"] for p in front_data(study).front())
     assert front_latencies[0] <= limit  # the suggested --pick finds a Plan on this front
+
+
+def test_front_table_marks_plans_whose_text_collapsed() -> None:
+    """A user sees why a front Plan with a good score is not the one exported."""
+    study = hand_built({"distinct4_ratio": 0.94, "collapsed_rows": 0.75, "dense_collapsed_rows": 0.19})
+    page = render_html(study_report_data(study))
+    assert page.count("collapsed (collapsed_rows 0.750): not exported") == 1
+    assert "75% of its prompted generations collapsed" in page  # the whole reason, on hover

@@ -11,7 +11,13 @@ from dlmsearch.cli import main
 from dlmsearch.evaluators import ProxyEvaluator, ProxySettings
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import uniform_plan
-from dlmsearch.search.results import DEGENERATE_DISTINCT4_RATIO, DegenerateTextError, degeneracy, export_plan
+from dlmsearch.search.results import (
+    DEGENERATE_DISTINCT4_RATIO,
+    DegenerateTextError,
+    degeneracy,
+    export_plan,
+    trial_row,
+)
 
 #: The proxy's generation terms kept small: only the dense step rows decide ``distinct4_ratio``.
 SMALL = ProxySettings(windows=2, low_fidelity_windows=2, unconditional_rows=1, low_fidelity_free_rows=1,
@@ -73,4 +79,5 @@ def test_rows_collapsing_beyond_the_dense_models_make_a_plan_degenerate(tiny_lla
                                                                                 "metrics": metrics}))
     assert degeneracy(study.trials[0]) is not None and "collapsed_rows 0.750" in str(degeneracy(study.trials[0]))
     assert degeneracy(study.trials[1]) is None
+    assert [row.degenerate is not None for row in map(trial_row, study.trials)] == [True, False]  # `pareto` shows it
     assert export_plan(study, tmp_path / "picked.json", pick="min quality")[0].number == 1
