@@ -6,8 +6,9 @@
 - the Pareto front in 2-D (each pair of objectives) and 3-D, feasible front highlighted,
   infeasible trials drawn apart, the budget drawn as lines, hover showing the Plan summary;
 - the hypervolume history;
-- for the front's Plans (a dropdown picks one): weight bits per layer x timestep group (heatmap)
-  and sparsity per layer (bars);
+- the front table, the Plan that ``export --pick 'min quality'`` (and ``dlmsearch demo``) exports marked;
+- for the front's Plans (a dropdown picks one, that Plan first): weight bits per layer x timestep group
+  (heatmap) and sparsity per layer (bars);
 - the front verification: the proxy's score against the full evaluator's per verified front Plan
   (a scatter with their rank correlation: how far to trust the proxy on this study);
 - parameter importances for quality, and the sensitivity profile the warm start used.
@@ -29,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dlmsearch.plan import Plan
 from dlmsearch.search.attributes import FIDELITY_ATTR, LIMITS_ATTR, PLAN_ATTR, REFERENCE_ATTR, SENSITIVITY_ATTR
 from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
-from dlmsearch.search.results import degeneracy
+from dlmsearch.search.results import degeneracy, select_trial
 from dlmsearch.search.verification import Verification, proxy_agreement, verifications
 
 logger = logging.getLogger("dlmsearch.reports.study_report")
@@ -67,6 +68,7 @@ class FrontData:
     objectives: list[str]
     points: list[TrialPoint]
     budget: dict[str, float]
+    pick: int | None = None  # the trial ``export --pick 'min quality'`` exports (None: every one degenerate)
 
     def front(self) -> list[TrialPoint]:
         """The feasible front, sorted by the first objective."""
@@ -129,7 +131,22 @@ def front_data(study: optuna.Study) -> FrontData:
                          degeneracy(t, checked.get(t.number)))
               for t in sorted(trials, key=lambda t: t.number)]
     budget = {k: float(v) for k, v in study.user_attrs.get(LIMITS_ATTR, {}).items() if k in objectives}
-    return FrontData(objectives, points, budget)
+    return FrontData(objectives, points, budget, best_pick(study))
+
+
+#: The ``--pick`` expression whose Plan the report marks: what ``dlmsearch demo`` exports.
+BEST_PICK = "min quality"
+
+
+def best_pick(study: optuna.Study) -> int | None:
+    """The trial ``export --pick 'min quality'`` would export, or None (no feasible Plan, or every feasible
+    one degenerate)."""
+    if "quality" not in (study.metric_names or []):
+        return None
+    try:
+        return select_trial(study, pick=BEST_PICK).number
+    except ValueError:  # DegenerateTextError or PickError: nothing to export
+        return None
 
 
 def plan_layout(trial: FrozenTrial) -> PlanLayout:
@@ -167,7 +184,8 @@ def study_report_data(study: optuna.Study) -> StudyReportData:
     stored = study.user_attrs.get(REFERENCE_ATTR, {})
     reference = [float(stored.get(name, 1.0)) for name in front.objectives]
     trials = study.get_trials(deepcopy=False)
-    on_front = sorted(feasible_front(trials), key=lambda t: t.values[0])[:MAX_PLANS_IN_DROPDOWN]
+    on_front = sorted(feasible_front(trials), key=lambda t: (t.number != front.pick, t.values[0]))
+    on_front = on_front[:MAX_PLANS_IN_DROPDOWN]
     failed = sum(t.state == TrialState.FAIL for t in trials)
     return StudyReportData(study.study_name, front, hypervolume_history(trials, reference),
                            [plan_layout(t) for t in on_front], importances(study),
@@ -324,13 +342,30 @@ def _cell(objective: str, value: float) -> str:
     return TABLE_COLUMNS.get(objective, ("", "{:.4g}"))[1].format(shown)
 
 
-def _text_cell(degenerate: str | None) -> str:
+def _text_cell(point: TrialPoint) -> str:
     """A front table cell marking a Plan whose text collapsed (export refuses it): the figure, the whole
-    reason on hover; empty for the others."""
+    reason on hover; "kept" where the full evaluator verified the text, empty where only the proxy saw it."""
+    degenerate = point.degenerate
     if degenerate is None:
-        return ""
+        return "kept" if point.verified_quality is not None else ""
     figure = degenerate.split(":")[0]
     return f"<span title='{html.escape(degenerate, quote=True)}'>collapsed ({html.escape(figure)}): not exported</span>"
+
+
+def _pick_style(point: TrialPoint, front: FrontData) -> str:
+    """The front table row attributes that mark :attr:`FrontData.pick`."""
+    return " style='font-weight:bold;background:#fff3c4'" if point.number == front.pick else ""
+
+
+def _pick_note(front: FrontData) -> str:
+    """What the marked row is, or why no row is marked."""
+    if front.pick is None:
+        return "<p>No feasible Plan to export: every one is over the budget or its text collapsed.</p>"
+    verified = any(p.number == front.pick and p.verified_quality is not None for p in front.points)
+    return (f"<p>Marked: trial {front.pick}, what <code>dlmsearch export RUN_DIR --pick '{BEST_PICK}' -o "
+            f"plan.json</code> (and <code>dlmsearch demo</code>) exports: the best "
+            f"{'verified ' if verified else ''}quality within the budget among Plans whose text did not "
+            "collapse.</p>")
 
 
 def _pick_example(front: FrontData) -> str:
@@ -352,9 +387,10 @@ def render_html(data: StudyReportData) -> str:
              for i, fig in enumerate(f for f in figures if f is not None)]
     front = data.front.front()
     objectives = data.front.objectives
-    rows = "".join(f"<tr><td>{p.number}</td>" + "".join(f"<td>{_cell(o, p.values[o])}</td>" for o in objectives)
+    rows = "".join(f"<tr{_pick_style(p, data.front)}><td>{p.number}</td>"
+                   + "".join(f"<td>{_cell(o, p.values[o])}</td>" for o in objectives)
                    + f"<td>{'' if p.verified_quality is None else _cell('quality', p.verified_quality)}</td>"
-                   + f"<td>{_text_cell(p.degenerate)}</td>"
+                   + f"<td>{_text_cell(p)}</td>"
                    + f"<td>{html.escape(p.summary)}</td></tr>" for p in front)
     header = "".join(f"<th>{html.escape(TABLE_COLUMNS.get(o, (o, ''))[0])}</th>"
                      for o in data.front.objectives) + "<th>verified quality (full evaluator)</th><th>text</th>"
@@ -372,7 +408,8 @@ def render_html(data: StudyReportData) -> str:
             f"<h1>Study {html.escape(data.study)}</h1><p>{complete} complete trials ({feasible} feasible), "
             f"{data.failed} failed; feasible front: {len(front)} Plans; hypervolume {hv:.4f}.{verification}</p>"
             f"<h2>Feasible Pareto front</h2><table><tr><th>trial</th>{header}<th>Plan</th></tr>{rows}</table>"
-            "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>"
+            + _pick_note(data.front)
+            + "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>"
             + _pick_example(data.front) + ".</p>"
             + "".join(f"<div>{p}</div>" for p in parts) + "</body></html>")
 

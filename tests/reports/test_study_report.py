@@ -29,8 +29,8 @@ def hand_built(last_metrics: dict[str, float] | None = None) -> optuna.Study:
         trial = study.ask()
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("fidelity", "full")
-        if last_metrics is not None and plan is plans[-1]:
-            trial.set_user_attr("metrics", last_metrics)
+        extra = last_metrics if last_metrics is not None and plan is plans[-1] else {}
+        trial.set_user_attr("metrics", {"quality": quality, "latency_ms": latency, **extra})
         trial.set_constraint("latency_ms", latency - 100.0)
         study.tell(trial, [quality, latency])
     return study
@@ -78,3 +78,15 @@ def test_front_table_marks_plans_whose_text_collapsed() -> None:
     page = render_html(study_report_data(study))
     assert page.count("collapsed (collapsed_rows 0.750): not exported") == 1
     assert "75% of its prompted generations collapsed" in page  # the whole reason, on hover
+
+
+def test_report_marks_the_plan_the_best_pick_exports_and_shows_it_first() -> None:
+    """The row export --pick 'min quality' (and the demo) would write is marked, and the per-layer charts
+    open on it, not on the best proxy score."""
+    study = hand_built({"distinct4_ratio": 0.2})  # trial 2 (quality 0.3) collapsed: trial 0 is the pick
+    data = study_report_data(study)
+    assert data.front.pick == 0 and data.plans[0].trial == 0
+    page = render_html(data)
+    assert "<tr style='font-weight:bold;background:#fff3c4'><td>0</td>" in page
+    assert "Marked: trial 0" in page
+    assert study_report_data(hand_built()).front.pick == 0  # no collapse: the best quality
