@@ -28,7 +28,7 @@ from dlmsearch.evaluators import FullSettings
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import load_plan, uniform_plan
 from dlmsearch.search import open_study
-from dlmsearch.search.validation import VALIDATION_FULL, validate_plan
+from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, validate_plan
 
 QUICK_FULL = FullSettings(infill_windows=8, prompts=4, unconditional=4, draws=1)
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                          block_length=max(spec["space"]["block_lengths"]))
     prompt_length = spec["generation"]["prompt_length"]
     check = validate_plan(adapter, exported, dense, load_split("evaluation")[:prompt_length], prompt_length,
-                          repeats=3 if args.quick else 7, settings=QUICK_FULL if args.quick else VALIDATION_FULL)
+                          repeats=3 if args.quick else VALIDATION_ROUNDS,
+                          settings=QUICK_FULL if args.quick else VALIDATION_FULL)
     trials = study.get_trials(deepcopy=False)
     predicted = {"dense": next(t for t in trials if t.user_attrs.get("warm_start") and t.values),  # warm start 0
                  "pick": next(t for t in trials if t.user_attrs.get("plan") == exported.to_dict())}

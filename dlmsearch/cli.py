@@ -421,7 +421,7 @@ def _print_validation(spec: StudySpec, plan: Plan, verified: Any = None) -> None
         scored = QualityResult(verified.quality, verified.metrics, "full")
     check = validate_plan(adapter, plan, dense, prompt, spec.generation.prompt_length, scored=scored)
     print(f"measured: {check.plan_ms:.0f} ms per generation vs dense {check.dense_ms:.0f} ms: "
-          f"{check.speedup:.2f}x faster (measured side by side, median of 5)")
+          f"{check.speedup:.2f}x faster (measured side by side, median of {check.rounds})")
     print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "
           f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's; rows collapsed into spaces or "
           f"repetition {check.collapsed_rows:.0%} (dense {check.dense_collapsed_rows:.0%})")

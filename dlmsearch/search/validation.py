@@ -24,11 +24,14 @@ from dlmsearch.plan import Plan
 
 #: The full evaluator of a validation: the package's, one draw (one Plan is checked, not ranked).
 VALIDATION_FULL = FullSettings(draws=1)
+#: Timed rounds of each model: on a 2-core machine one pair of ``generate`` calls comes out 1.9-2.6x for
+#: a Plan whose median is 2.3x, so a median of 5 could still miss by 10%.
+VALIDATION_ROUNDS = 9
 
 
 @dataclass(frozen=True)
 class PlanValidation:
-    """A Plan measured beside the dense Plan: medians of interleaved ``generate`` timings (ms), full
+    """A Plan measured beside the dense Plan: medians of ``rounds`` interleaved ``generate`` timings (ms), full
     evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``, the
     shares of prompted rows that collapsed (the Plan's, and the dense model's at one token per step)
     and one generation of each from the same prompt."""
@@ -43,6 +46,7 @@ class PlanValidation:
     prompt: str
     dense_text: str
     plan_text: str
+    rounds: int
 
     @property
     def speedup(self) -> float:
@@ -51,12 +55,13 @@ class PlanValidation:
 
 
 def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str, prompt_length: int,
-                  repeats: int = 5, calibration: CalibrationSet | None = None,
+                  repeats: int = VALIDATION_ROUNDS, calibration: CalibrationSet | None = None,
                   settings: FullSettings = VALIDATION_FULL, scored: QualityResult | None = None) -> PlanValidation:
     """Measure ``plan`` against ``dense_plan`` on ``adapter`` (never changed): ``repeats`` timings of each,
-    alternating so that drift of the machine hits both alike, the full evaluator's score of both, and
-    one generation of each from ``prompt``. ``scored``: the Plan's full-evaluator result under
-    ``settings`` when it is known already (the front's verification), instead of scoring it again."""
+    in rounds that alternate which model runs first (dense-plan, plan-dense, ...) so that drift of the
+    machine hits both alike, the full evaluator's score of both, and one generation of each from
+    ``prompt``. ``scored``: the Plan's full-evaluator result under ``settings`` when it is known already
+    (the front's verification), instead of scoring it again."""
     compressed = copy.deepcopy(adapter)
     apply_plan_(compressed, plan, calibration)
     runs = {"dense": generate_call(adapter, dense_plan.sampler, prompt_length),
@@ -64,9 +69,9 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
     for run in runs.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(max(1, repeats)):
-        for name, run in runs.items():
-            times[name].append(time_call(adapter if name == "dense" else compressed, run) * 1e3)
+    for round_ in range(max(1, repeats)):
+        for name in ("dense", "plan") if round_ % 2 == 0 else ("plan", "dense"):
+            times[name].append(time_call(adapter if name == "dense" else compressed, runs[name]) * 1e3)
     full = FullEvaluator(adapter, settings, calibration=calibration)
     scored = scored or full.evaluate(plan)
     ids = adapter.encode(prompt)[None, :]
@@ -79,4 +84,4 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
                           full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"],
                           scored.metrics.get("collapsed_rows", float("nan")),
                           scored.metrics.get("dense_collapsed_rows", float("nan")), prompt, texts["dense"],
-                          texts["plan"])
+                          texts["plan"], len(times["plan"]))

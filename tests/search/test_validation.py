@@ -9,6 +9,7 @@ import pytest
 from dlmsearch.evaluators import FullSettings
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.plan import uniform_plan
+from dlmsearch.search import validation
 from dlmsearch.search.validation import validate_plan
 
 SMALL = FullSettings(infill_windows=2, prompts=1, unconditional=1, calibration_sequences=2, nelbo_repeats=2, draws=1)
@@ -20,7 +21,16 @@ def test_validation_times_scores_and_decodes_both_models(embedded: DLMAdapter, t
     dense = uniform_plan(embedded, steps=16, gen_length=16, block_length=16)
     plan = uniform_plan(embedded, weight_bits=4, steps=4, gen_length=16, block_length=16)
     before = {name: tensor.clone() for name, tensor in embedded.model.state_dict().items()}
-    check = validate_plan(embedded, plan, dense, "ROMEO.\nWhat", 16, repeats=1, settings=SMALL)
+    calls: list[str] = []
+    timed = validation.time_call
+
+    def recording(adapter: DLMAdapter, run: object) -> float:
+        calls.append("dense" if adapter is embedded else "plan")
+        return timed(adapter, run)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation, "time_call", recording)
+    check = validate_plan(embedded, plan, dense, "ROMEO.\nWhat", 16, repeats=3, settings=SMALL)
+    assert calls == ["dense", "plan", "plan", "dense", "dense", "plan"] and check.rounds == 3  # drift hits both
     assert check.dense_score == 0.0 and check.plan_score > 0  # dense at one token per step is the reference
     assert len(check.dense_text) == len(check.plan_text) == 16
     assert check.dense_ms > 0 and check.plan_ms > 0 and check.speedup == check.dense_ms / check.plan_ms
