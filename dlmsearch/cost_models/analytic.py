@@ -25,7 +25,8 @@ quantized weight is dequantized once and multiplied densely (dense bytes, dense 
 W8A8 kernel cost :data:`FAKE_QUANT_PASSES` read+write passes over the input. Structured pruning
 shrinks K or N; unstructured sparsity changes nothing (no sparse kernel runs it). Attention adds
 ``4 * M * L * heads * head_dim`` FLOPs per layer (L = M, bidirectional), the LM head
-``2 * M * d * V``, and norms, activations and sampling are memory-bound passes over their tensors.
+``2 * M * d * V``, and norms, activations and sampling are memory-bound passes over their tensors
+(``mlp_act``, the MLP's activation and product, apart: it is the only one MLP channel pruning shrinks).
 Step time is summed over the Plan's steps, each step at its timestep group's precision. Dense
 bytes and the dense peak are those of the dtype the model runs in (:func:`default_dense_dtype`:
 float32 on CPUs, as ``load_model`` loads it; bf16 on accelerators).
@@ -75,10 +76,11 @@ _W8A8 = (INT8_DYNAMIC, INT8_FBGEMM)
 #: Framework calls per step part, each paying ``launch_overhead_s`` (eager PyTorch / HF Llama block:
 #: two RMSNorms of ~7 ops, rotary embedding ~12, reshapes, residual adds, SiLU and product).
 ATTENTION_LAUNCHES_PER_LAYER = 4  # repeat_kv / transpose / SDPA / reshape
-ELEMENTWISE_LAUNCHES_PER_LAYER = 36
+ELEMENTWISE_LAUNCHES_PER_LAYER = 34  # all but the MLP's activation and product
+MLP_ACT_LAUNCHES_PER_LAYER = 2  # SiLU(gate) and its product with up: the only passes over MLP channels
 LM_HEAD_LAUNCHES = 8  # embedding, final norm, rotary tables, attention mask, head
 SAMPLING_LAUNCHES = 10  # mask fill, argmax, softmax, gather, masked_fill, topk, scatter, where
-PARTS: tuple[str, ...] = ("linear", "act_quant", "attention", "elementwise", "lm_head", "sampling")
+PARTS: tuple[str, ...] = ("linear", "act_quant", "attention", "elementwise", "mlp_act", "lm_head", "sampling")
 
 
 @dataclass(frozen=True)
@@ -296,10 +298,12 @@ class AnalyticCostModel(BaseCostModel):
         attn_flops = (4.0 * tokens * tokens * heads * s.head_dim).sum(axis=1, keepdims=True)
         attn_bytes = (4.0 * tokens * heads * s.head_dim * db).sum(axis=1, keepdims=True)
         channels = s.intermediate_size * self._block_keep(a, attention=False)
-        elementwise_bytes = (tokens * (6 * s.hidden_size + 3 * channels) * db).sum(axis=1, keepdims=True)
+        elementwise_bytes = tokens * 6.0 * s.hidden_size * db * s.num_layers  # norms, rotary, residual adds
+        mlp_act_bytes = (tokens * 3 * channels * db).sum(axis=1, keepdims=True)  # what MLP channel pruning shrinks
         zero = np.zeros_like(tokens)
         return {"attention": (attn_flops, attn_bytes, ATTENTION_LAUNCHES_PER_LAYER * s.num_layers),
                 "elementwise": (zero, elementwise_bytes, ELEMENTWISE_LAUNCHES_PER_LAYER * s.num_layers),
+                "mlp_act": (zero, mlp_act_bytes, MLP_ACT_LAUNCHES_PER_LAYER * s.num_layers),
                 "lm_head": (2.0 * tokens * s.hidden_size * s.vocab_size,
                             s.hidden_size * s.vocab_size * db + tokens * s.vocab_size * 4, LM_HEAD_LAUNCHES),
                 "sampling": (zero, 3 * tokens * s.vocab_size * 4, SAMPLING_LAUNCHES)}
@@ -308,7 +312,8 @@ class AnalyticCostModel(BaseCostModel):
         """Framework calls per step of each non-linear part (each pays the launch overhead)."""
         s = self.shape
         return {"attention": ATTENTION_LAUNCHES_PER_LAYER * s.num_layers,
-                "elementwise": ELEMENTWISE_LAUNCHES_PER_LAYER * s.num_layers, "lm_head": LM_HEAD_LAUNCHES,
+                "elementwise": ELEMENTWISE_LAUNCHES_PER_LAYER * s.num_layers,
+                "mlp_act": MLP_ACT_LAUNCHES_PER_LAYER * s.num_layers, "lm_head": LM_HEAD_LAUNCHES,
                 "sampling": SAMPLING_LAUNCHES}
 
     def ideal_part_times(self, a: PlanArrays, hw: HardwareSpec) -> dict[str, np.ndarray]:

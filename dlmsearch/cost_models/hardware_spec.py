@@ -33,7 +33,8 @@ KERNELS: tuple[str, ...] = ("int8_weight_only", "int4_weight_only", "int8_dynami
 MATMUL_FORMATS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8_dynamic", "int8_weight_only", "int4_weight_only",
                                    "int8_fbgemm", "simulated")
 #: Keys of ``format_efficiency``: matmul formats and the non-linear parts of a denoising step.
-EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "act_quant", "attention", "elementwise", "lm_head", "sampling")
+EFFICIENCY_PARTS: tuple[str, ...] = (*MATMUL_FORMATS, "act_quant", "attention", "elementwise", "mlp_act", "lm_head",
+                                     "sampling")
 _FIELDS: tuple[str, ...] = ("name", "kind", "peak_flops", "memory_bandwidth_bytes_per_s", "memory_bytes", "kernels",
                             "launch_overhead_s", "efficiency", "format_efficiency", "profile", "source")
 

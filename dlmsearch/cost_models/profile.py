@@ -65,7 +65,7 @@ from dlmsearch.plan import LayerPlan, ModelRef, Plan, SamplerSettings
 logger = logging.getLogger("dlmsearch.cost_models.profile")
 
 PROFILE_FORMAT = "dlmsearch.profile"
-PROFILE_VERSION = 4  # 3: int8_fbgemm measured; 4: simulated on GPUs from bf16 timings
+PROFILE_VERSION = 5  # 3: int8_fbgemm measured; 4: simulated on GPUs from bf16 timings; 5: mlp_act timed apart
 QUICK_TOKEN_COUNTS: tuple[int, ...] = (1, 16, 64, 256)
 FULL_TOKEN_COUNTS: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512)
 ROTATION_CAP_BYTES = 512 * 2**20  # at most this much rotating weight memory per (format, shape)
@@ -428,6 +428,12 @@ def _attention_call(shape: ModelShape, tokens: int, device: torch.device) -> Cal
     return lambda i: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _mlp_act_call(shape: ModelShape, tokens: int, device: torch.device) -> Callable[[int], Any]:
+    """The MLP's activation and product, ``silu(gate) * up``, on (1, tokens, intermediate) inputs."""
+    gate, up = (torch.randn(1, tokens, shape.intermediate_size, device=device) for _ in range(2))
+    return lambda i: F.silu(gate) * up
+
+
 def _sampling_call(vocab: int, tokens: int, device: torch.device) -> Callable[[int], Any]:
     """The sampler's per-step ops (``dlmsearch.models.sampler.generate``) on (1, tokens, vocab) logits."""
     logits0 = torch.randn(1, tokens, vocab, device=device)
@@ -531,6 +537,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
             for k, count in widths.items():
                 items.append(_Item("act_quant", (k,), count, _act_quant_call(inputs[(k, torch.float32)])))
             items.append(_Item("attention", (), shape.num_layers, _attention_call(shape, tokens, device)))
+            items.append(_Item("mlp_act", (), shape.num_layers, _mlp_act_call(shape, tokens, device)))
             items.append(_Item("block", (), shape.num_layers, probe.block_call(tokens)))
             items.append(_Item("forward1", (), 1, probe.forward_call(tokens)))
             items.append(_Item("sampling", (), 1, _sampling_call(shape.vocab_size, tokens, device)))
@@ -596,15 +603,20 @@ def calibrate(shape: ModelShape, linears: Sequence[LinearInfo], samples: Sequenc
         one = _ideal(block, LayerPlan((16,), (16,), group_size=0), tokens, ideal_hw)
         calls = block.part_launches()
         attention = by[("attention", (), tokens)].median_s
+        mlp_act = by[("mlp_act", (), tokens)].median_s
         block_s = by[("block", (), tokens)].median_s
         linears_s = sum(by[("fp32", (i.in_features, i.out_features), tokens)].median_s for i in block.linears)
-        elementwise = block_s - linears_s - attention
+        # the rest of the block (norms, rotary, residual adds, the framework's own work) does not shrink
+        # with MLP channels: priced by channel bytes, it made channel pruning look 3x cheaper than measured
+        elementwise = block_s - linears_s - attention - mlp_act
         outer = by[("forward1", (), tokens)].median_s - block_s
         floor = 0.02 * block_s  # differences of medians can come out tiny or negative
         curves.setdefault("attention", {})[tokens] = one["attention"] / _net(attention, calls["attention"] * launch,
                                                                                floor)
         curves.setdefault("elementwise", {})[tokens] = one["elementwise"] / _net(
             elementwise, calls["elementwise"] * launch, floor)
+        curves.setdefault("mlp_act", {})[tokens] = one["mlp_act"] / _net(mlp_act, calls["mlp_act"] * launch,
+                                                                         0.1 * mlp_act)
         curves.setdefault("lm_head", {})[tokens] = one["lm_head"] / _net(outer, calls["lm_head"] * launch, floor)
         sampling_ideal = one["sampling"] * shape.vocab_size / probe_vocab  # measured at the real vocabulary
         curves.setdefault("sampling", {})[tokens] = sampling_ideal / _net(
@@ -646,6 +658,9 @@ def merge_profiles(shape: ModelShape, linears: Sequence[LinearInfo], passes: Seq
     for index, info in enumerate(infos):
         if info.get("format") != PROFILE_FORMAT or not info.get("samples"):
             raise ValueError(f"passes[{index}]: {passes[index].name} is not a measured profile with samples")
+        if info.get("version") != PROFILE_VERSION:
+            raise ValueError(f"passes[{index}]: measured by profile version {info.get('version')}, not "
+                             f"{PROFILE_VERSION}; allowed: passes measured by this dlmsearch (measure again)")
         if info.get("model_shape") != shape.fingerprint:
             raise ValueError(f"passes[{index}]: measured for model shape {info.get('model_shape')}, "
                              f"not {shape.fingerprint}")

@@ -78,6 +78,19 @@ def test_unstructured_sparsity_costs_dense_time_but_structure_does_not() -> None
     assert model.cost(plan, hw).latency_ms < dense
 
 
+def test_mlp_channel_pruning_shrinks_only_the_mlp_activation_among_the_non_linear_parts() -> None:
+    """Norms, rotary and residual adds run over the hidden width, which channel pruning keeps."""
+    model = AnalyticCostModel(SHAPE, LINEARS)
+    hw = _hardware(flops=1e18)  # memory-bound: time is bytes
+    channels = {info.name: LayerPlan(sparsity=0.5, structure="channels") for info in LINEARS
+                if info.role in ("gate", "up", "down")}
+    pruned = Plan(ModelRef("toy"), SamplerSettings(steps=8, gen_length=64, block_length=64), layers=channels)
+    dense_parts, pruned_parts = (model.step_times(model.encode([p]), hw) for p in (_plan(), pruned))
+    assert pruned_parts["elementwise"][0, 0] == dense_parts["elementwise"][0, 0]
+    assert pruned_parts["mlp_act"][0, 0] == pytest.approx(dense_parts["mlp_act"][0, 0] / 2)
+    assert dense_parts["mlp_act"][0, 0] == pytest.approx(64 * 3 * 1024 * 2 / 1e11)  # 3 bf16 passes over (M, I)
+
+
 def test_per_timestep_bits_are_costed_per_group() -> None:
     assert steps_per_group(10, (0.25, 0.5)) == [3, 2, 5]
     model = AnalyticCostModel(SHAPE, LINEARS, use_kernels=True)

@@ -44,7 +44,8 @@ def tiny_profile() -> HardwareSpec:
 
 def test_profile_is_a_spec_that_round_trips_through_yaml(tiny_profile: HardwareSpec, tmp_path: Path) -> None:
     assert tiny_profile.measured and tiny_profile.kind == "cpu"
-    assert {"fp32", "bf16", "attention", "elementwise", "lm_head", "sampling"} <= set(tiny_profile.format_efficiency)
+    parts = {"fp32", "bf16", "attention", "elementwise", "mlp_act", "lm_head", "sampling"}
+    assert parts <= set(tiny_profile.format_efficiency)
     assert tiny_profile.profile["format"] == "dlmsearch.profile" and tiny_profile.profile["samples"]
     for curve in tiny_profile.format_efficiency.values():
         assert [m for m, _ in curve.points] == [1.0, 8.0] and all(e > 0 for _, e in curve.points)
@@ -234,3 +235,10 @@ def test_simulated_layers_are_priced_as_the_devices_dense_matmul_plus_the_layers
     linear = model.step_times(arrays, spec)["linear"][:, 0]  # M = 8, a measured token count
     assert model.dtype_for(spec) == ("bf16" if device == "cuda" else "fp32")
     assert linear[1] - linear[0] == pytest.approx(len(names) * overhead, rel=1e-6)
+
+
+def test_merging_refuses_a_pass_of_an_older_profile_version(tiny_profile: HardwareSpec) -> None:
+    adapter = build_random_model("llama", **TINY)
+    old = replace(tiny_profile, profile={**tiny_profile.profile, "version": 4})
+    with pytest.raises(ValueError, match="passes\\[1\\]: measured by profile version 4"):
+        merge_profiles(adapter.shape, adapter.linears(), [tiny_profile, old])
