@@ -260,23 +260,55 @@ def _launch_overhead(device: torch.device) -> float:
     return statistics.median(times)
 
 
+def others_busy_cores(window_s: float = 0.5) -> float | None:
+    """Cores that other processes kept busy over the next ``window_s`` seconds (Linux ``/proc``), or None.
+
+    The machine's busy time (``/proc/stat``) less this process's own (``/proc/self/stat``, all its
+    threads). Unlike the 1-minute load average it forgets an install or a run that just ended, and it
+    never counts this process's own work.
+    """
+    def busy_ticks() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        machine = sum(int(v) for v in fields[:8]) - int(fields[3]) - int(fields[4])  # all but idle and iowait
+        return machine, int(own[11]) + int(own[12])  # utime + stime
+
+    before = busy_ticks()
+    start = time.perf_counter()
+    time.sleep(window_s)
+    after = busy_ticks()
+    if before is None or after is None:
+        return None
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others / ticks_per_s / (time.perf_counter() - start))
+
+
 def _busy_warning(device: torch.device) -> float | None:
-    """The 1-minute load average; warns when other processes leave fewer free cores than torch threads.
+    """Cores other processes keep busy (:func:`others_busy_cores`; the 1-minute load average where
+    ``/proc`` is missing); warns when they leave fewer free cores than torch threads.
 
     A profile is a snapshot of the machine's load: measured beside other busy processes every part
     comes out slower (with several torch threads, much slower: OpenMP waits for descheduled peers),
     and every prediction made from it with it.
     """
-    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+    if device.type != "cpu":
         return None
-    load = os.getloadavg()[0]
+    busy = others_busy_cores()
+    what = "other processes keep %.1f of %d cores busy"
+    if busy is None:
+        if not hasattr(os, "getloadavg"):
+            return None
+        busy, what = os.getloadavg()[0], "load average %.1f on %d cores"
     cores, threads = os.cpu_count() or 1, torch.get_num_threads()
-    if load > cores - threads + 0.5:
+    if busy > cores - threads + 0.5:
         hint = "" if threads == 1 else ", or with fewer threads (dlmsearch profile --threads 1)"
-        logger.warning("load average %.1f on %d cores with %d torch thread(s): the profile will measure a busy "
-                       "machine (predictions too slow for a quiet one); measure when it is idle%s", load, cores,
-                       threads, hint)
-    return load
+        logger.warning(what + " with %d torch thread(s): the profile will measure a busy machine (predictions "
+                       "too slow for a quiet one); measure when it is idle%s", busy, cores, threads, hint)
+    return busy
 
 
 def _quantized_overhead(device: torch.device, calls: int = 300) -> float:
@@ -549,7 +581,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     elapsed = time.perf_counter() - started
     info = dict(spec.profile)
     info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds,
-                **({"load_average_1min": round(load, 2)} if load is not None else {}))
+                **({"others_busy_cores": round(load, 2)} if load is not None else {}))
     logger.info("profile measured in %.1f s", elapsed)
     return replace(spec, profile=info)
 

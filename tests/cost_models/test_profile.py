@@ -5,6 +5,7 @@ No absolute-time asserts: timings on a shared CPU drift. A tiny random model kee
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,35 @@ def test_merging_refuses_a_pass_of_an_older_profile_version(tiny_profile: Hardwa
     old = replace(tiny_profile, profile={**tiny_profile.profile, "version": 4})
     with pytest.raises(ValueError, match="passes\\[1\\]: measured by profile version 4"):
         merge_profiles(adapter.shape, adapter.linears(), [tiny_profile, old])
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc")
+def test_busy_cores_count_other_processes_and_not_this_one() -> None:
+    """The profile's load check sees a process spinning beside it, and not its own work."""
+    import subprocess
+    import sys
+    import threading
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert (profile_module.others_busy_cores(0.5) or 0.0) >= 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    before = profile_module.others_busy_cores(0.5)
+    own = threading.Thread(target=spin)
+    own.start()
+    try:
+        spinning = profile_module.others_busy_cores(0.5)
+    finally:
+        stop.set()
+        own.join()
+    assert before is not None and spinning is not None
+    assert spinning - before < 0.6  # a core of this process's own work is not counted
