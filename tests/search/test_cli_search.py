@@ -63,10 +63,14 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     assert main(["report", str(run_dir), "--out", str(report)]) == 0 and report.stat().st_size > 100_000
 
     plan_path = tmp_path / "plan.json"
-    assert main(["export", str(run_dir), "--pick", "min quality where latency_ms <= 1e12", "-o", str(plan_path)]) == 0
+    # --force: at these tiny verify settings (2 prompted rows) the verified Plans' text may count as
+    # collapsed, and the pick would fall back to the proxy's Plans (tests/search/test_degenerate_export.py)
+    pick = ["--pick", "min quality where latency_ms <= 1e12", "--force"]
+    assert main(["export", str(run_dir), *pick, "-o", str(plan_path)]) == 0
     assert "(full evaluator, verified" in capsys.readouterr().out
     best = min(verified, key=lambda r: r["metrics"]["quality"])  # the pick chooses among the verified Plans
-    assert main(["export", str(run_dir), "--trial", str(best["number"]), "-o", str(tmp_path / "same.json")]) == 0
+    same = ["--trial", str(best["number"]), "--force", "-o", str(tmp_path / "same.json")]
+    assert main(["export", str(run_dir), *same]) == 0
     assert load_plan(tmp_path / "same.json") == load_plan(plan_path)
     assert main(["apply", str(plan_path), "--out", str(tmp_path / "compressed"), "--calibration-sequences", "2"]) == 0
 
