@@ -534,7 +534,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     shapes = Counter((i.in_features, i.out_features) for i in linears)
     widths = Counter(i.in_features for i in linears)
     started = time.perf_counter()
-    load = _busy_warning(device)
+    busy = _busy_warning(device)
     peaks, bandwidth = _peaks(device)
     launch = _launch_overhead(device)
     quantized_overhead = _quantized_overhead(device)
@@ -581,7 +581,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     elapsed = time.perf_counter() - started
     info = dict(spec.profile)
     info.update(seconds=round(elapsed, 1), reps=reps, min_seconds=min_seconds, max_rounds=max_rounds,
-                **({"others_busy_cores": round(load, 2)} if load is not None else {}))
+                **({"others_busy_cores": round(busy, 2)} if busy is not None else {}))
     logger.info("profile measured in %.1f s", elapsed)
     return replace(spec, profile=info)
 
