@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dlmsearch.evaluators.base import FIDELITIES
 from dlmsearch.models.embedded import EMBEDDED_MODEL_NAME
@@ -18,15 +18,10 @@ from dlmsearch.plan import (
     PRUNE_METHODS,
     STRUCTURES,
     WEIGHT_STORAGES,
-    Plan,
     PlanValidationError,
     SamplerSettings,
-    load_plan,
 )
 from dlmsearch.search.attributes import METRICS_ATTR
-
-if TYPE_CHECKING:
-    from dlmsearch.search.spec import StudySpec
 
 #: Errors that are the user's input, shown as one message without a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (PlanValidationError, ModelLoadError, SamplerSettingsError,
@@ -379,8 +374,9 @@ def cmd_journal_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan."""
-    from dlmsearch.search import export_plan, load_study_spec, run_study, verifications
+    """The quickstart: search the embedded model for this CPU, report, export the best feasible Plan and
+    measure it beside the dense model."""
+    from dlmsearch.search import export_plan, load_study_spec, run_study
     from dlmsearch.search.results import quality_note
 
     spec = load_study_spec(_study_path("quickstart"))
@@ -390,44 +386,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"hypervolume {summary.hypervolume:.4f}")
     if summary.verification is not None:
         print(_verification_line(summary.verification))
-    print(f"report: {out / 'report.html'}")
     trial, path = export_plan(summary.study, out / "plan.json", pick="min quality")
     metrics = trial.user_attrs[METRICS_ATTR]
     print(f"plan: {path} (trial {trial.number}: the best quality within the budget; "
           f"{quality_note(summary.study, trial)}, latency {metrics['latency_ms']:.1f} ms, "
           f"memory {metrics['peak_mem_bytes'] / 2**20:.2f} MiB)")
-    _print_validation(spec, load_plan(path), verifications(summary.study).get(trial.number))
+    _measure_and_report(summary.study, trial.number, out / "report.html")
     print(f"next: dlmsearch apply {path} --out {out / 'compressed'} && "
           f"dlmsearch generate --model {out / 'compressed'} --prompt 'ROMEO.'")
     return 0
 
 
-def _print_validation(spec: StudySpec, plan: Plan, verified: Any = None) -> None:
-    """The exported Plan measured for real beside the dense model (see :mod:`dlmsearch.search.validation`);
-    its full-evaluator score is the front verification's (``verified``) when that used the same settings."""
-    from dlmsearch.data import load_split
-    from dlmsearch.evaluators import FullSettings, QualityResult
-    from dlmsearch.models.loading import load_model
-    from dlmsearch.plan import uniform_plan
-    from dlmsearch.search.validation import VALIDATION_FULL, validate_plan
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Measure one front Plan on this machine beside the dense model; keep the result in the study."""
+    from dlmsearch.evaluators import FullSettings
+    from dlmsearch.evaluators.base import settings_with
+    from dlmsearch.search.results import select_trial
+    from dlmsearch.search.validation import VALIDATION_FULL
 
-    adapter = load_model(spec.model, trust_remote_code=spec.trust_remote_code)
-    dense = uniform_plan(adapter, steps=max(spec.space.steps), gen_length=spec.generation.gen_length,
-                         block_length=max(spec.space.block_lengths))
-    prompt = load_split("evaluation")[:spec.generation.prompt_length]
-    print("validating the exported Plan on this machine (timed beside the dense model, full evaluator)...")
-    scored = None
-    if verified is not None and FullSettings(**verified.settings) == VALIDATION_FULL:
-        scored = QualityResult(verified.quality, verified.metrics, "full")
-    check = validate_plan(adapter, plan, dense, prompt, spec.generation.prompt_length, scored=scored)
+    study = _open(args)
+    if args.trial is None:
+        trial = select_trial(study, pick=args.pick or "min quality", force=args.force)
+    else:
+        trial = select_trial(study, number=args.trial)
+    settings = settings_with(FullSettings, args.set, base=VALIDATION_FULL)
+    report = Path(args.run_dir) / "report.html" if args.run_dir else None
+    _measure_and_report(study, trial.number, report, args.rounds, settings)
+    return 0
+
+
+def _measure_and_report(study: Any, number: int, report: Path | None, rounds: int | None = None,
+                        settings: Any = None) -> None:
+    """Measure trial ``number`` for real (see :mod:`dlmsearch.search.validation`), print what was measured,
+    keep it in the study and rewrite the report (``report``: its path, None for a study without a run folder)."""
+    from dlmsearch.reports.study_report import write_report
+    from dlmsearch.search.measurements import store_measurement
+    from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, measure_trial
+
+    print(f"measuring trial {number} on this machine (timed beside the dense model, full evaluator)...")
+    measured = measure_trial(study, number, rounds or VALIDATION_ROUNDS, settings or VALIDATION_FULL)
+    store_measurement(study, measured)
+    check = measured.check
     print(f"measured: {check.plan_ms:.0f} ms per generation vs dense {check.dense_ms:.0f} ms: "
-          f"{check.speedup:.2f}x faster (measured side by side, median of {check.rounds})")
+          f"{check.speedup:.2f}x faster (measured side by side, median of {check.rounds}; the cost model "
+          f"predicted {measured.predicted_speedup:.2f}x for hardware {measured.hardware!r})")
     print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "
           f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's; rows collapsed into spaces or "
           f"repetition {check.collapsed_rows:.0%} (dense {check.dense_collapsed_rows:.0%})")
     print(f"prompt: {check.prompt!r}")
     print(f"dense:  {check.dense_text!r}")
     print(f"plan:   {check.plan_text!r}")
+    if report is not None:
+        print(f"report: {write_report(study, report)} (with the measurement)")
 
 
 def _add_study_run_args(parser: argparse.ArgumentParser) -> None:
@@ -576,6 +586,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "study's workers first); the damaged file is saved beside it")
     repair.add_argument("journal", help="journal file, or a run folder holding journal.log")
     repair.set_defaults(func=cmd_journal_repair)
+
+    measure = sub.add_parser("measure", help="time a front Plan beside the dense model on this machine, score it "
+                                             "with the full evaluator and show its text (kept in the study)")
+    _add_study_args(measure)
+    which = measure.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="trial number (default: the Plan --pick 'min quality' exports)")
+    which.add_argument("--pick", help="a pick expression, as for export")
+    measure.add_argument("--rounds", type=int, default=None,
+                         help="timed generate calls of each model, alternating which runs first (default 9)")
+    measure.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a full evaluator setting (default: its defaults at one draw), e.g. prompts=8")
+    measure.add_argument("--force", action="store_true", help="with --pick: pick among Plans whose text collapsed too")
+    measure.set_defaults(func=cmd_measure)
 
     demo = sub.add_parser("demo", help="the quickstart: search the embedded model for this CPU and export a Plan")
     demo.add_argument("--out", default="runs/quickstart", help="run folder")

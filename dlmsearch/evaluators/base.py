@@ -56,10 +56,10 @@ def check_fidelity(fidelity: str) -> str:
     return fidelity
 
 
-def settings_with(cls: Any, assignments: Sequence[str]) -> Any:
-    """``cls()`` (an evaluator settings dataclass) with ``KEY=VALUE`` overrides, each converted to the
-    field's type; a ValueError names a bad key or value and what is allowed."""
-    defaults = cls()
+def settings_with(cls: Any, assignments: Sequence[str], base: Any = None) -> Any:
+    """``base`` (default ``cls()``, an evaluator settings dataclass) with ``KEY=VALUE`` overrides, each
+    converted to the field's type; a ValueError names a bad key or value and what is allowed."""
+    defaults = cls() if base is None else base
     types = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for item in assignments:

@@ -11,6 +11,8 @@
   (heatmap) and sparsity per layer (bars);
 - the front verification: the proxy's score against the full evaluator's per verified front Plan
   (a scatter with their rank correlation: how far to trust the proxy on this study);
+- the Plans measured on a real machine (``dlmsearch measure``, the end of ``dlmsearch demo``): measured
+  against predicted speed-up, full-evaluator score, the text each model wrote, and every timed round;
 - parameter importances for quality, and the sensitivity profile the warm start used.
 """
 
@@ -29,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
 from dlmsearch.search.attributes import FIDELITY_ATTR, LIMITS_ATTR, PLAN_ATTR, REFERENCE_ATTR, SENSITIVITY_ATTR
+from dlmsearch.search.measurements import Measurement, measurements
 from dlmsearch.search.pareto import feasible_front, hypervolume_history, is_feasible
 from dlmsearch.search.results import degeneracy, select_trial
 from dlmsearch.search.verification import Verification, proxy_agreement, verifications
@@ -107,6 +110,7 @@ class StudyReportData:
     importances: dict[str, float]
     sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
     failed: int = 0
+    measured: list[Measurement] = field(default_factory=list)  # by trial number
 
 
 def _summary(plan_data: dict[str, Any] | None) -> str:
@@ -189,7 +193,8 @@ def study_report_data(study: optuna.Study) -> StudyReportData:
     failed = sum(t.state == TrialState.FAIL for t in trials)
     return StudyReportData(study.study_name, front, hypervolume_history(trials, reference),
                            [plan_layout(t) for t in on_front], importances(study),
-                           dict(study.user_attrs.get(SENSITIVITY_ATTR, {})), failed)
+                           dict(study.user_attrs.get(SENSITIVITY_ATTR, {})), failed,
+                           [m for _, m in sorted(measurements(study).items())])
 
 
 # ---------------------------------------------------------------- figures
@@ -268,6 +273,22 @@ def verification_figure(data: FrontData) -> Any | None:
     fig.update_layout(title=f"front verification: proxy vs full evaluator, {len(points)} front Plans ({rank})",
                       xaxis_title="proxy quality (the search's score)",
                       yaxis_title="verified quality (full evaluator; 0 = dense at one token per step)")
+    return fig
+
+
+def measurement_figure(measured: Measurement) -> Any:
+    """Every timed ``generate`` call of a measured Plan and of the dense model, round by round (the rounds
+    alternate which model runs first, so drift of the machine shows in both lines alike)."""
+    go = _plotly()
+    check = measured.check
+    fig = go.Figure()
+    for name, times in (("dense model", check.dense_times_ms), (f"trial {measured.trial}", check.plan_times_ms)):
+        fig.add_trace(go.Scatter(x=list(range(1, len(times) + 1)), y=list(times), mode="lines+markers", name=name))
+    where = measured.machine.get("device", "this machine")
+    fig.update_layout(title=f"trial {measured.trial} measured on {where}: {check.speedup:.2f}x faster than the dense "
+                            f"model (predicted {measured.predicted_speedup:.2f}x)",
+                      xaxis={"title": "timed round", "tickmode": "linear", "dtick": 1},
+                      yaxis={"title": "time per generation (ms)", "rangemode": "tozero"}, height=380)
     return fig
 
 
@@ -379,12 +400,52 @@ def _pick_example(front: FrontData) -> str:
             f"'min quality where latency_ms &lt;= {limit}' -o plan.json</code>")
 
 
+_TEXT_STYLE = "white-space:pre-wrap;background:#f4f4f4;margin:0;font-size:0.9em"
+
+
+def _measured_html(measured: Measurement) -> str:
+    """A measured Plan's figures as a table and the text each model wrote from the same prompt."""
+    check = measured.check
+    machine = ", ".join(f"{k} {v}" for k, v in measured.machine.items())
+    rows = [("time per generation (ms, median)", f"{check.dense_ms:.1f}", f"{check.plan_ms:.1f}"),
+            ("speed-up over the dense model", "1", f"{check.speedup:.2f}x measured, "
+             f"{measured.predicted_speedup:.2f}x predicted for hardware {html.escape(measured.hardware)}"),
+            ("full evaluator score (0 = dense at one token per step)", f"{check.dense_score:.3f}",
+             f"{check.plan_score:.3f}"),
+            ("distinct 4-grams (share of the dense model's)", "1", f"{check.distinct4_ratio:.2f}"),
+            ("prompted rows collapsed", f"{check.dense_collapsed_rows:.0%}", f"{check.collapsed_rows:.0%}")]
+    table = "".join(f"<tr><td>{name}</td><td>{dense}</td><td>{plan}</td></tr>" for name, dense, plan in rows)
+    texts = "".join(f"<tr><td>{name}</td><td><pre style='{_TEXT_STYLE}'>{html.escape(text)}</pre></td></tr>"
+                    for name, text in (("prompt", check.prompt), ("dense model", check.dense_text),
+                                       (f"trial {measured.trial}", check.plan_text)))
+    return (f"<h3>Trial {measured.trial}</h3><p>Measured on {html.escape(machine)}: {check.rounds} timed rounds "
+            "of each model, alternating which runs first.</p>"
+            f"<table><tr><th></th><th>dense model</th><th>trial {measured.trial}</th></tr>{table}</table>"
+            f"<p>Text from the same prompt (greedy):</p><table>{texts}</table>")
+
+
+def _measured_section(data: StudyReportData) -> list[tuple[str, Any]]:
+    """The measured Plans' HTML and figures, in page order (empty before any measurement)."""
+    if not data.measured:
+        return []
+    intro = ("<h2>Measured on a real machine</h2><p>What <code>dlmsearch measure RUN_DIR</code> (and "
+             "<code>dlmsearch demo</code>) found when the Plan was applied and run beside the dense model; "
+             "the cost model's prediction for the study's hardware beside it.</p>")
+    section: list[tuple[str, Any]] = [(intro, None)]
+    for measured in data.measured:
+        section += [(_measured_html(measured), None), ("", measurement_figure(measured))]
+    return section
+
+
 def render_html(data: StudyReportData) -> str:
     """The whole report as one self-contained HTML page."""
     figures = [*pareto_figures(data.front), verification_figure(data.front), hypervolume_figure(data.hypervolume),
                *plan_figures(data.plans), importance_figure(data.importances), sensitivity_figure(data.sensitivity)]
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0))
-             for i, fig in enumerate(f for f in figures if f is not None)]
+    blocks = [*_measured_section(data), *(("", fig) for fig in figures if fig is not None)]
+    parts, with_js = [], True
+    for text, fig in blocks:
+        parts.append(text if fig is None else f"<div>{fig.to_html(full_html=False, include_plotlyjs=with_js)}</div>")
+        with_js = with_js and fig is None
     front = data.front.front()
     objectives = data.front.objectives
     rows = "".join(f"<tr{_pick_style(p, data.front)}><td>{p.number}</td>"
@@ -411,7 +472,7 @@ def render_html(data: StudyReportData) -> str:
             + _pick_note(data.front)
             + "<p>Export one with <code>dlmsearch export RUN_DIR --trial N -o plan.json</code>"
             + _pick_example(data.front) + ".</p>"
-            + "".join(f"<div>{p}</div>" for p in parts) + "</body></html>")
+            + "".join(parts) + "</body></html>")
 
 
 def write_report(study: optuna.Study, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ SENSITIVITY_ATTR = "dlmsearch.sensitivity"  # the sensitivity table the warm sta
 MODEL_ATTR = "dlmsearch.model_fingerprint"
 ENVIRONMENT_ATTR = "dlmsearch.environment"  # versions and host of the worker that created the study
 VERIFIED_PREFIX = "dlmsearch.verified."  # + trial number: the full evaluator's verification of a front Plan
+MEASURED_PREFIX = "dlmsearch.measured."  # + trial number: a Plan timed beside the dense model on a real machine
 
 # ---------------------------------------------------------------- system attributes
 WARM_START_ATTR = "dlmsearch.warm_start"  # study: "enqueueing" or the number of warm-start trials

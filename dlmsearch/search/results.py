@@ -20,7 +20,7 @@ from dlmsearch.plan import Plan
 from dlmsearch.search.attributes import FIDELITY_ATTR, METRICS_ATTR, PLAN_ATTR
 from dlmsearch.search.pareto import PickError, feasible_front, is_feasible, parse_pick, pick_trial
 from dlmsearch.search.spec import OBJECTIVES
-from dlmsearch.search.storage import open_storage
+from dlmsearch.search.storage import open_storage, resolve_pointer
 from dlmsearch.search.verification import Verification, verifications
 
 #: Metrics a front row shows and a ``--pick`` expression may name.
@@ -76,7 +76,7 @@ def open_study(run_dir: str | Path | None = None, storage: str | None = None, st
         if not pointer.is_file():
             raise RunFolderError(f"{folder}: not a run folder (no storage.txt); allowed: a folder written by "
                                  "`dlmsearch run SPEC --out DIR`, or --storage URL --study NAME")
-        storage = storage or pointer.read_text().strip()
+        storage = storage or resolve_pointer(pointer.read_text().strip(), folder)
         if study_name is None:
             import yaml
 

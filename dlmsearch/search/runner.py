@@ -65,7 +65,13 @@ from dlmsearch.search.isolation import EvaluatorProcessError, IsolatedEvaluator
 from dlmsearch.search.pareto import feasible_front, front_hypervolume, is_feasible
 from dlmsearch.search.samplers import make_sampler, seed_for_trial
 from dlmsearch.search.spec import StudySpec
-from dlmsearch.search.storage import batched_trial_writes, check_workers, default_journal, open_storage
+from dlmsearch.search.storage import (
+    batched_trial_writes,
+    check_workers,
+    default_journal,
+    open_storage,
+    storage_pointer,
+)
 from dlmsearch.search.verification import VerificationSummary, verify_front
 
 logger = logging.getLogger("dlmsearch.search.runner")
@@ -330,7 +336,7 @@ def run_study(spec: StudySpec, run_dir: str | Path, *, storage: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.yaml").write_text(spec.to_yaml())
     storage_url = storage or spec.storage or str(default_journal(out))
-    (out / "storage.txt").write_text(storage_url + "\n")
+    (out / "storage.txt").write_text(storage_pointer(storage_url, out) + "\n")
     check_workers(storage_url, shared=shared)  # a refused storage fails before the model loads
     own_context = context is None
     context = context or build_context(spec)

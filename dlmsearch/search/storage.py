@@ -201,6 +201,26 @@ def default_journal(run_dir: str | Path) -> Path:
     return Path(run_dir) / JOURNAL_NAME
 
 
+def storage_pointer(url: str, run_dir: str | Path) -> str:
+    """What a run folder's ``storage.txt`` holds for ``url``: a journal file inside the folder as a path
+    relative to it (the folder can be moved or opened from anywhere), any other journal file as an
+    absolute path, other URLs as they are."""
+    if storage_scheme(url) != "journal":
+        return url
+    path, folder = Path(url).resolve(), Path(run_dir).resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
+def resolve_pointer(pointer: str, run_dir: str | Path) -> str:
+    """The storage a run folder's ``storage.txt`` names (see :func:`storage_pointer`). A relative journal
+    path is the folder's own file; folders written before pointers were relative hold a path relative to
+    the directory of their ``dlmsearch run``, used where the folder has no such file."""
+    if storage_scheme(pointer) != "journal" or Path(pointer).is_absolute():
+        return pointer
+    inside = Path(run_dir) / pointer
+    return str(inside) if inside.exists() or not Path(pointer).exists() else pointer
+
+
 def storage_scheme(url: str | Path) -> str:
     """``journal`` for a file path, else the URL scheme without its driver (``postgresql``, ``sqlite``)."""
     text = str(url)

@@ -1,18 +1,18 @@
-"""Checking an exported Plan for real: applied to the model, timed against the dense model side by
-side on this machine, scored by the full evaluator, and made to write text.
+"""Checking a Plan for real: applied to the model, timed against the dense model side by side on this
+machine, scored by the full evaluator, and made to write text.
 
-This is what ``dlmsearch demo`` ends with and ``bench/quickstart_validation.py`` reports: the
-search's predictions (analytic latency, proxy quality) are only trusted once the Plan itself has
-been measured.
+This is what ``dlmsearch measure`` and the end of ``dlmsearch demo`` run and
+``bench/quickstart_validation.py`` reports: the search's predictions (analytic latency, proxy quality)
+are only trusted once the Plan itself has been measured. :func:`measure_trial` measures one trial of a
+study and returns a :class:`~dlmsearch.search.measurements.Measurement` to keep beside it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
-from dataclasses import dataclass
 
+import optuna
 import torch
 
 from dlmsearch.compress import CalibrationSet, apply_plan_
@@ -20,38 +20,19 @@ from dlmsearch.cost_models.measured import generate_call, time_call
 from dlmsearch.evaluators import FullEvaluator, FullSettings, QualityResult
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.sampler import generate
-from dlmsearch.plan import Plan
+from dlmsearch.plan import Plan, uniform_plan
+from dlmsearch.search.attributes import METRICS_ATTR, REFERENCE_ATTR, SPEC_ATTR
+from dlmsearch.search.context import REFERENCE_MARGIN
+from dlmsearch.search.measurements import Measurement, PlanValidation
+from dlmsearch.search.results import plan_of
+from dlmsearch.search.spec import spec_from_dict
+from dlmsearch.search.verification import verifications
 
 #: The full evaluator of a validation: the package's, one draw (one Plan is checked, not ranked).
 VALIDATION_FULL = FullSettings(draws=1)
 #: Timed rounds of each model: on a 2-core machine one pair of ``generate`` calls comes out 1.9-2.6x for
 #: a Plan whose median is 2.3x, so a median of 5 could still miss by 10%.
 VALIDATION_ROUNDS = 9
-
-
-@dataclass(frozen=True)
-class PlanValidation:
-    """A Plan measured beside the dense Plan: medians of ``rounds`` interleaved ``generate`` timings (ms), full
-    evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``, the
-    shares of prompted rows that collapsed (the Plan's, and the dense model's at one token per step)
-    and one generation of each from the same prompt."""
-
-    dense_ms: float
-    plan_ms: float
-    plan_score: float
-    dense_score: float
-    distinct4_ratio: float
-    collapsed_rows: float
-    dense_collapsed_rows: float
-    prompt: str
-    dense_text: str
-    plan_text: str
-    rounds: int
-
-    @property
-    def speedup(self) -> float:
-        """Dense time over the Plan's time (above 1: the Plan is faster)."""
-        return self.dense_ms / self.plan_ms
 
 
 def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str, prompt_length: int,
@@ -80,8 +61,38 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
         with torch.no_grad():
             out = generate(model, ids, seed=0, **dataclasses.asdict(sampler))
         texts[name] = adapter.decode(out[0, ids.shape[1]:])
-    return PlanValidation(statistics.median(times["dense"]), statistics.median(times["plan"]), scored.score,
+    return PlanValidation(tuple(times["dense"]), tuple(times["plan"]), scored.score,
                           full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"],
                           scored.metrics.get("collapsed_rows", float("nan")),
                           scored.metrics.get("dense_collapsed_rows", float("nan")), prompt, texts["dense"],
-                          texts["plan"], len(times["plan"]))
+                          texts["plan"])
+
+
+def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_ROUNDS,
+                  settings: FullSettings = VALIDATION_FULL, adapter: DLMAdapter | None = None) -> Measurement:
+    """Trial ``number``'s Plan measured on this machine beside the study's dense Plan (the space's most
+    steps, nothing compressed), with the study's first held-out prompt; its full-evaluator score is the
+    front verification's where that used ``settings``. ``adapter``: the study's model, already loaded
+    (default: loaded from the spec)."""
+    from dlmsearch.data import load_split
+    from dlmsearch.models.loading import load_model
+    from dlmsearch.search.runner import environment
+
+    spec = spec_from_dict(study.user_attrs[SPEC_ATTR], f"study {study.study_name!r}")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    adapter = adapter or load_model(spec.model, trust_remote_code=spec.trust_remote_code)
+    dense = uniform_plan(adapter, steps=max(spec.space.steps), gen_length=spec.generation.gen_length,
+                         block_length=max(spec.space.block_lengths))
+    verified = verifications(study).get(number)
+    scored = None
+    if verified is not None and FullSettings(**verified.settings) == settings:
+        scored = QualityResult(verified.quality, verified.metrics, "full")
+    prompt = load_split("evaluation")[:spec.generation.prompt_length]
+    check = validate_plan(adapter, plan_of(trial), dense, prompt, spec.generation.prompt_length, repeats,
+                          settings=settings, scored=scored)
+    machine = {k: v for k, v in environment().items() if k in ("host", "device", "threads", "torch")}
+    overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+                 if getattr(settings, f.name) != f.default}
+    return Measurement(number, check, float(trial.user_attrs[METRICS_ATTR]["latency_ms"]),
+                       float(study.user_attrs[REFERENCE_ATTR]["latency_ms"]) / REFERENCE_MARGIN,
+                       spec.hardware, machine, overrides)

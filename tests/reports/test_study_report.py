@@ -90,3 +90,27 @@ def test_report_marks_the_plan_the_best_pick_exports_and_shows_it_first() -> Non
     assert "<tr style='font-weight:bold;background:#fff3c4'><td>0</td>" in page
     assert "Marked: trial 0" in page
     assert study_report_data(hand_built()).front.pick == 0  # no collapse: the best quality
+
+
+def test_report_shows_a_measured_plan_its_text_and_every_timed_round() -> None:
+    """What `dlmsearch measure` kept is what a user opening the report sees first."""
+    from dlmsearch.search.measurements import Measurement, PlanValidation, store_measurement
+
+    study = hand_built()
+    check = PlanValidation((700.0, 720.0, 710.0), (300.0, 330.0, 310.0), 0.9, 0.0, 1.2, 0.12, 0.19,
+                           "ROMEO.", "and <the> rest", "   \n\n  ")
+    store_measurement(study, Measurement(2, check, 40.0, 90.0, "local", {"device": "cpu/Test CPU/threads2"}))
+    data = study_report_data(study)
+    assert [m.trial for m in data.measured] == [2]
+    page = render_html(data)
+    section = page.split("Measured on a real machine")[1]
+    assert "2.29x measured, 2.25x predicted for hardware local" in section  # 710/310 and 90/40
+    assert "and &lt;the&gt; rest" in section and "   \n\n  </pre>" in section  # escaped; blank text stays visible
+    assert "cpu/Test CPU/threads2" in section and "12%" in section and "19%" in section
+    assert page.index("Measured on a real machine") < page.index("quality (proxy score; lower is better) vs")
+    assert page.count("<script type=\"text/javascript\">/**") <= 1  # plotly.js once, with the first figure
+    assert "timed round" in page and "[300.0,330.0,310.0]" in page.replace(" ", "")
+
+
+def test_report_without_measurements_has_no_measured_section() -> None:
+    assert "Measured on a real machine" not in render_html(study_report_data(hand_built()))

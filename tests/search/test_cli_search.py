@@ -74,6 +74,18 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     assert load_plan(tmp_path / "same.json") == load_plan(plan_path)
     assert main(["apply", str(plan_path), "--out", str(tmp_path / "compressed"), "--calibration-sequences", "2"]) == 0
 
+    small = [f"--set={k}={v}" for k, v in SPEC["verify_settings"].items()]
+    assert main(["measure", str(run_dir), "--trial", str(best["number"]), "--rounds", "1", *small]) == 0
+    out = capsys.readouterr().out
+    assert f"measuring trial {best['number']}" in out and "x faster" in out and "predicted" in out
+    assert "(with the measurement)" in out and "Measured on a real machine" in (run_dir / "report.html").read_text()
+    from dlmsearch.search import open_study
+    from dlmsearch.search.measurements import measurements
+
+    measured = measurements(open_study(run_dir))[best["number"]]
+    assert measured.check.rounds == 1 and measured.hardware == SPEC["hardware"]
+    assert measured.check.plan_score == pytest.approx(best["metrics"]["quality"])  # the verification's score, reused
+
 
 def test_user_errors_are_one_line(spec_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"

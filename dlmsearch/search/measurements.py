@@ -1,0 +1,111 @@
+"""Measurements of front Plans on a real machine, kept in the study beside the search's predictions.
+
+The search predicts (analytic latency, proxy quality); ``dlmsearch measure`` (and the end of
+``dlmsearch demo``) applies one Plan, times it beside the dense model, scores it with the full
+evaluator and makes it write text (:mod:`dlmsearch.search.validation`). The result is stored as the
+study user attribute ``dlmsearch.measured.<trial number>`` (plain JSON, never pickled), so ``pareto``,
+the report and a colleague's copy of the study see what the Plan did on which machine. This module
+holds only the records and their storage: it imports neither torch nor the evaluators.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+
+from dlmsearch.search.attributes import MEASURED_PREFIX
+
+
+@dataclass(frozen=True)
+class PlanValidation:
+    """A Plan measured beside the dense Plan: ``generate`` timings (ms) of interleaved rounds, full
+    evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``, the
+    shares of prompted rows that collapsed (the Plan's, and the dense model's at one token per step)
+    and one generation of each from the same prompt."""
+
+    dense_times_ms: tuple[float, ...]
+    plan_times_ms: tuple[float, ...]
+    plan_score: float
+    dense_score: float
+    distinct4_ratio: float
+    collapsed_rows: float
+    dense_collapsed_rows: float
+    prompt: str
+    dense_text: str
+    plan_text: str
+
+    @property
+    def dense_ms(self) -> float:
+        """Median time of one dense ``generate`` call."""
+        return statistics.median(self.dense_times_ms)
+
+    @property
+    def plan_ms(self) -> float:
+        """Median time of one ``generate`` call of the compressed model."""
+        return statistics.median(self.plan_times_ms)
+
+    @property
+    def rounds(self) -> int:
+        """Timed calls of each model."""
+        return len(self.plan_times_ms)
+
+    @property
+    def speedup(self) -> float:
+        """Dense time over the Plan's time (above 1: the Plan is faster)."""
+        return self.dense_ms / self.plan_ms
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return {**asdict(self), "dense_times_ms": list(self.dense_times_ms), "plan_times_ms": list(self.plan_times_ms)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanValidation:
+        """Read back :meth:`to_json`'s data."""
+        return cls(tuple(float(v) for v in data["dense_times_ms"]), tuple(float(v) for v in data["plan_times_ms"]),
+                   float(data["plan_score"]), float(data["dense_score"]), float(data["distinct4_ratio"]),
+                   float(data["collapsed_rows"]), float(data["dense_collapsed_rows"]),
+                   str(data["prompt"]), str(data["dense_text"]), str(data["plan_text"]))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One front Plan measured on one machine, beside what the search predicted for it."""
+
+    trial: int
+    check: PlanValidation
+    predicted_ms: float  # the trial's latency_ms objective (the study's cost model)
+    predicted_dense_ms: float  # the same cost model's latency of the study's dense Plan
+    hardware: str  # the study's hardware target
+    machine: dict[str, str] = field(default_factory=dict)  # where it was measured: host, device, threads, torch
+    settings: dict[str, Any] = field(default_factory=dict)  # the FullSettings overrides of the score
+
+    @property
+    def predicted_speedup(self) -> float:
+        """The cost model's dense latency over the Plan's."""
+        return self.predicted_dense_ms / self.predicted_ms
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (what the study attribute holds)."""
+        return {**asdict(self), "check": self.check.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Measurement:
+        """Read back :meth:`to_json`'s data."""
+        return cls(int(data["trial"]), PlanValidation.from_json(data["check"]), float(data["predicted_ms"]),
+                   float(data["predicted_dense_ms"]), str(data["hardware"]),
+                   {str(k): str(v) for k, v in data.get("machine", {}).items()}, dict(data.get("settings", {})))
+
+
+def measurements(study: optuna.Study) -> dict[int, Measurement]:
+    """Every stored measurement of the study, by trial number."""
+    return {int(key[len(MEASURED_PREFIX):]): Measurement.from_json(value)
+            for key, value in study.user_attrs.items() if key.startswith(MEASURED_PREFIX)}
+
+
+def store_measurement(study: optuna.Study, measurement: Measurement) -> None:
+    """Keep ``measurement`` in the study (a newer measurement of the same trial replaces the older)."""
+    study.set_user_attr(f"{MEASURED_PREFIX}{measurement.trial}", measurement.to_json())
