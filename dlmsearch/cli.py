@@ -433,6 +433,10 @@ def _measure_and_report(study: Any, number: int, report: Path | None, rounds: in
     print(f"full evaluator: plan {check.plan_score:.4f}, dense {check.dense_score:.4f} (0 = the dense model); "
           f"distinct 4-grams {check.distinct4_ratio:.2f} of the dense model's; rows collapsed into spaces or "
           f"repetition {check.collapsed_rows:.0%} (dense {check.dense_collapsed_rows:.0%})")
+    if measured.budget:
+        print("budget on this machine: " + "; ".join(b.describe() for b in measured.budget))
+    elif measured.hardware != "local":
+        print(f"budget not checked: the study's hardware is {measured.hardware!r}, not this machine")
     print(f"prompt: {check.prompt!r}")
     print(f"dense:  {check.dense_text!r}")
     print(f"plan:   {check.plan_text!r}")

@@ -72,6 +72,25 @@ class PlanValidation:
 
 
 @dataclass(frozen=True)
+class BudgetCheck:
+    """One latency limit of the study's budget against what was measured (same units: ms, or a share
+    of the dense model's time for ``latency_fraction``)."""
+
+    name: str  # the budget field: latency_ms, latency_per_step_ms or latency_fraction
+    limit: float
+    measured: float
+
+    @property
+    def met(self) -> bool:
+        """Whether the measured figure is within the limit."""
+        return self.measured <= self.limit
+
+    def describe(self) -> str:
+        """``latency_fraction <= 0.45: measured 0.44, met``."""
+        return f"{self.name} <= {self.limit:.4g}: measured {self.measured:.4g}, {'met' if self.met else 'NOT met'}"
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One front Plan measured on one machine, beside what the search predicted for it."""
 
@@ -82,6 +101,7 @@ class Measurement:
     hardware: str  # the study's hardware target
     machine: dict[str, str] = field(default_factory=dict)  # where it was measured: host, device, threads, torch
     settings: dict[str, Any] = field(default_factory=dict)  # the FullSettings overrides of the score
+    budget: tuple[BudgetCheck, ...] = ()  # the budget's latency limits, measured (only where hardware is local)
 
     @property
     def predicted_speedup(self) -> float:
@@ -90,14 +110,16 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (what the study attribute holds)."""
-        return {**asdict(self), "check": self.check.to_json()}
+        return {**asdict(self), "check": self.check.to_json(), "budget": [asdict(b) for b in self.budget]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Measurement:
         """Read back :meth:`to_json`'s data."""
         return cls(int(data["trial"]), PlanValidation.from_json(data["check"]), float(data["predicted_ms"]),
                    float(data["predicted_dense_ms"]), str(data["hardware"]),
-                   {str(k): str(v) for k, v in data.get("machine", {}).items()}, dict(data.get("settings", {})))
+                   {str(k): str(v) for k, v in data.get("machine", {}).items()}, dict(data.get("settings", {})),
+                   tuple(BudgetCheck(str(b["name"]), float(b["limit"]), float(b["measured"]))
+                         for b in data.get("budget", [])))
 
 
 def measurements(study: optuna.Study) -> dict[int, Measurement]:

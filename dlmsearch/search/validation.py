@@ -23,9 +23,9 @@ from dlmsearch.models.sampler import generate
 from dlmsearch.plan import Plan, uniform_plan
 from dlmsearch.search.attributes import METRICS_ATTR, REFERENCE_ATTR, SPEC_ATTR
 from dlmsearch.search.context import REFERENCE_MARGIN
-from dlmsearch.search.measurements import Measurement, PlanValidation
+from dlmsearch.search.measurements import BudgetCheck, Measurement, PlanValidation
 from dlmsearch.search.results import plan_of
-from dlmsearch.search.spec import spec_from_dict
+from dlmsearch.search.spec import Budget, spec_from_dict
 from dlmsearch.search.verification import verifications
 
 #: The full evaluator of a validation: the package's, one draw (one Plan is checked, not ranked).
@@ -93,6 +93,18 @@ def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_RO
     machine = {k: v for k, v in environment().items() if k in ("host", "device", "threads", "torch")}
     overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
                  if getattr(settings, f.name) != f.default}
+    plan = plan_of(trial)
+    budget = budget_checks(spec.budget, check, plan.sampler.steps) if spec.hardware == "local" else ()
     return Measurement(number, check, float(trial.user_attrs[METRICS_ATTR]["latency_ms"]),
                        float(study.user_attrs[REFERENCE_ATTR]["latency_ms"]) / REFERENCE_MARGIN,
-                       spec.hardware, machine, overrides)
+                       spec.hardware, machine, overrides, budget)
+
+
+def budget_checks(budget: Budget, check: PlanValidation, steps: int) -> tuple[BudgetCheck, ...]:
+    """The budget's latency limits against ``check``'s medians: ``latency_ms`` and ``latency_per_step_ms``
+    in measured ms, ``latency_fraction`` as the Plan's measured time over the dense model's. Only
+    meaningful where the study's hardware is the machine that measured (``hardware: local``)."""
+    measured = {"latency_ms": check.plan_ms, "latency_per_step_ms": check.plan_ms / steps,
+                "latency_fraction": check.plan_ms / check.dense_ms}
+    return tuple(BudgetCheck(name, float(limit), value) for name, value in measured.items()
+                 if (limit := getattr(budget, name)) is not None)

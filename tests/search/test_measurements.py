@@ -11,8 +11,10 @@ import optuna
 import pytest
 
 from dlmsearch.search import open_study
-from dlmsearch.search.measurements import Measurement, PlanValidation, measurements, store_measurement
+from dlmsearch.search.measurements import BudgetCheck, Measurement, PlanValidation, measurements, store_measurement
+from dlmsearch.search.spec import Budget
 from dlmsearch.search.storage import open_storage, resolve_pointer, storage_pointer
+from dlmsearch.search.validation import budget_checks
 
 CHECK = PlanValidation((700.0, 720.0, 690.0), (300.0, 310.0, 350.0), 0.9, 0.0, 1.2, math.nan, 0.19,
                        "ROMEO.", "dense text", "plan text")
@@ -21,7 +23,8 @@ CHECK = PlanValidation((700.0, 720.0, 690.0), (300.0, 310.0, 350.0), 0.9, 0.0, 1
 def test_a_measurement_survives_a_journal_round_trip(tmp_path: Path) -> None:
     journal = tmp_path / "journal.log"
     study = optuna.create_study(storage=open_storage(journal), study_name="s")
-    measured = Measurement(3, CHECK, 40.0, 90.0, "local", {"host": "vm", "threads": "2"}, {"draws": 1})
+    measured = Measurement(3, CHECK, 40.0, 90.0, "local", {"host": "vm", "threads": "2"}, {"draws": 1},
+                           (BudgetCheck("latency_fraction", 0.45, 0.44),))
     store_measurement(study, measured)
     again = measurements(optuna.load_study(study_name="s", storage=open_storage(journal)))
     assert list(again) == [3]
@@ -30,6 +33,7 @@ def test_a_measurement_survives_a_journal_round_trip(tmp_path: Path) -> None:
     assert back.check.speedup == pytest.approx(700.0 / 310.0) and back.predicted_speedup == pytest.approx(2.25)
     assert math.isnan(back.check.collapsed_rows)  # "not measured" stays NaN, not an error
     assert back.machine == {"host": "vm", "threads": "2"} and back.settings == {"draws": 1}
+    assert back.budget == measured.budget and back.budget[0].met
     store_measurement(study, Measurement(3, CHECK, 50.0, 90.0, "local"))  # measured again: the newer one is kept
     assert measurements(study)[3].predicted_ms == 50.0
 
@@ -64,3 +68,13 @@ def test_pointers_name_other_storages_as_they_are_and_old_pointers_still_open(tm
     (tmp_path / "old" / "storage.txt").write_text("old/journal.log\n")
     assert resolve_pointer("old/journal.log", tmp_path / "old") == "old/journal.log"
     assert open_study(tmp_path / "old").study_name == "moved"
+
+
+def test_the_budget_is_checked_against_the_measured_medians() -> None:
+    budget = Budget(latency_ms=305.0, latency_per_step_ms=10.0, latency_fraction=0.43)
+    checks = {b.name: b for b in budget_checks(budget, CHECK, steps=32)}  # medians: dense 700, Plan 310
+    assert checks["latency_ms"].measured == 310.0 and not checks["latency_ms"].met
+    assert checks["latency_per_step_ms"].measured == pytest.approx(310 / 32) and checks["latency_per_step_ms"].met
+    assert checks["latency_fraction"].measured == pytest.approx(310 / 700) and not checks["latency_fraction"].met
+    assert checks["latency_fraction"].describe() == "latency_fraction <= 0.43: measured 0.4429, NOT met"
+    assert budget_checks(Budget(peak_mem_bytes=10**9), CHECK, steps=32) == ()  # memory is not timed
