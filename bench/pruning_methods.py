@@ -1,4 +1,5 @@
-"""Magnitude vs Wanda vs sink-aware Wanda at 30%, 50% and 70% unstructured sparsity, by held-out NELBO.
+"""Magnitude vs Wanda vs sink-aware Wanda at 30%, 50% and 70% unstructured sparsity, and structured
+pruning (heads, MLP channels) with and without re-fitting the layer that reads them, by held-out NELBO.
 
 Reproduce with::
 
@@ -16,6 +17,9 @@ plays. Printed last as ``name: value`` lines on stdout (progress goes to stderr)
 
 - ``nelbo_dense``: the unpruned model, the reference.
 - ``nelbo_<method>_<percent>``: e.g. ``nelbo_wanda_50``.
+- ``nelbo_<heads|channels>_<percent>_sliced`` / ``..._refit``: Wanda-scored heads (attention layers) or
+  MLP channels of every block removed, the o / down layer only sliced, or re-fitted by least squares on
+  the calibration inputs (``apply_plan_``'s default, ``reconstruct=True``).
 - ``sink_weight_mean``: mean of the sink-aware token weights ``1 - soft sink mask`` over the
   calibration tokens; ``sink_tokens_fraction``: share of tokens weighted below 0.5 (sinks).
 
@@ -25,6 +29,7 @@ NELBO is a perplexity-like score; it can hide pruning damage that generation sho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -34,13 +39,14 @@ from dlmsearch.compress.apply import CalibrationStatistics, apply_plan_
 from dlmsearch.compress.calibration import CalibrationSet, LinearInputStats, collect_input_statistics
 from dlmsearch.compress.sinks import sink_token_weights
 from dlmsearch.data import load_split
-from dlmsearch.models.adapters import DLMAdapter
+from dlmsearch.models.adapters import ATTENTION_ROLES, DLMAdapter
 from dlmsearch.models.diffusion import eval_windows, evaluate_nelbo
 from dlmsearch.models.loading import load_model
-from dlmsearch.plan import uniform_plan
+from dlmsearch.plan import Plan, uniform_plan
 
 METHODS: tuple[str, ...] = ("magnitude", "wanda", "sink_wanda")
 SPARSITIES: tuple[float, ...] = (0.3, 0.5, 0.7)
+STRUCTURED: tuple[float, ...] = (0.25, 0.5)
 WINDOW_LENGTH = 128
 
 
@@ -58,6 +64,16 @@ def method_statistics(adapter: DLMAdapter, calib: CalibrationSet) -> tuple[dict[
     stats = {"wanda": collect_input_statistics(adapter, calib),
              "sink_wanda": collect_input_statistics(adapter, calib, token_weights=weights)}
     return stats, weights
+
+
+def structured_plan(adapter: DLMAdapter, structure: str, ratio: float) -> Plan:
+    """Wanda-scored ``structure`` ("heads": the attention layers, "channels": the MLP's) at ``ratio`` in every
+    block, the other layers untouched."""
+    plan = uniform_plan(adapter)
+    attention = {info.name for info in adapter.linears() if info.role in ATTENTION_ROLES}
+    layers = {name: dataclasses.replace(lp, structure=structure, sparsity=ratio)
+              if (name in attention) == (structure == "heads") else lp for name, lp in plan.layers.items()}
+    return dataclasses.replace(plan, layers=layers)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,6 +111,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             key = f"nelbo_{method}_{round(100 * sparsity)}"
             figures[key] = nelbo(adapter, windows, args.seed, args.batch_size)
             print(f"{key}={figures[key]:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+    readers = [info.name for info in dense.linears() if info.role in ("o", "down")]
+    grams = collect_input_statistics(dense, calib, hessian=True, names=readers)
+    for structure in ("heads", "channels"):
+        for ratio in STRUCTURED:
+            for label, reconstruct in (("sliced", False), ("refit", True)):
+                adapter = load_model(args.model)
+                statistics = CalibrationStatistics(by_method={"wanda": stats["wanda"]}, hessians=grams)
+                apply_plan_(adapter, structured_plan(adapter, structure, ratio), statistics=statistics,
+                            reconstruct=reconstruct)
+                key = f"nelbo_{structure}_{round(100 * ratio)}_{label}"
+                figures[key] = nelbo(adapter, windows, args.seed, args.batch_size)
+                print(f"{key}={figures[key]:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
     figures["sink_weight_mean"] = float(all_weights.mean())
     figures["sink_tokens_fraction"] = float((all_weights < 0.5).float().mean())
     for name, value in figures.items():

@@ -36,6 +36,7 @@ from dlmsearch.compress.structured import (
     head_layout,
     prune_channels_,
     prune_heads_,
+    reconstruct_columns_,
 )
 from dlmsearch.models.adapters import DLMAdapter, LinearInfo
 from dlmsearch.plan import LayerPlan, Plan
@@ -80,13 +81,19 @@ class _ModuleSnapshot:
             module.__dict__.update(state)
 
 
-def _needs_calibration(plan: Plan) -> tuple[set[str], set[str]]:
-    """(pruning methods needing statistics, names of layers quantized with GPTQ)."""
+def _needs_calibration(plan: Plan, infos: Mapping[str, LinearInfo], reconstruct: bool = True
+                       ) -> tuple[set[str], set[str]]:
+    """(pruning methods needing statistics, names of the layers that need their input Gram matrix: those
+    quantized with GPTQ and, with ``reconstruct``, the o / down layers re-fitted after data-driven
+    structured pruning)."""
     methods = {lp.prune_method for lp in plan.layers.values()
                if lp.sparsity > 0 and lp.prune_method != "magnitude"}
-    gptq = {name for name, lp in plan.layers.items()
+    gram = {name for name, lp in plan.layers.items()
             if lp.quant_method == "gptq" and any(b < 16 for b in lp.weight_bits)}
-    return methods, gptq
+    if reconstruct:
+        gram |= {name for name, lp in plan.layers.items() if infos[name].role in ("o", "down")
+                 and lp.structure in ("heads", "channels") and lp.sparsity > 0 and lp.prune_method != "magnitude"}
+    return methods, gram
 
 
 def realizable_ratio(ratio: float, units: int, unit_width: int, group_size: int) -> float:
@@ -111,8 +118,10 @@ def _unit_ratio(ratio: float, units: int, unit_width: int, group_size: int, wher
 
 
 def _structured_pruning(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, LinearInfo],
-                        stats: Mapping[str, LinearInputStats] | None) -> dict[str, torch.Tensor]:
-    """Prune heads / channels block by block; returns kept input columns of o / down per layer name."""
+                        stats: Mapping[str, LinearInputStats] | None,
+                        grams: Mapping[str, LinearInputStats]) -> dict[str, torch.Tensor]:
+    """Prune heads / channels block by block, re-fitting the o / down layer where ``grams`` holds its
+    inputs' Gram matrix; returns kept input columns of o / down per layer name."""
     kept_columns: dict[str, torch.Tensor] = {}
     by_block: dict[tuple[int, str], tuple[float, int]] = {}
     for name, lp in plan.layers.items():
@@ -124,6 +133,9 @@ def _structured_pruning(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, Lin
     for (block, structure), (ratio, group) in sorted(by_block.items()):
         suffix = adapter.role_suffixes()["o" if structure == "heads" else "down"]
         target = f"{adapter.block_prefix(block)}.{suffix}"
+        reader = adapter.get_module(target)
+        assert isinstance(reader, nn.Linear)
+        dense_weight = reader.weight.detach().clone()
         if structure == "heads":
             heads, kv_heads, head_dim = head_layout(adapter, block)
             width = heads // kv_heads * head_dim
@@ -133,6 +145,9 @@ def _structured_pruning(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, Lin
         else:
             scores = channel_scores(adapter, block, stats)
             columns = prune_channels_(adapter, block, _unit_ratio(ratio, scores.numel(), 1, group, target), scores)
+        gram = grams.get(target)
+        if gram is not None and gram.hessian is not None and columns.numel() < dense_weight.shape[1]:
+            reconstruct_columns_(reader, dense_weight, columns, gram.hessian)
         kept_columns[target] = columns
     return kept_columns
 
@@ -189,20 +204,21 @@ class CalibrationStatistics:
                     if layers else {})
         return cls(by_method, hessians)
 
-    def covers(self, plan: Plan) -> bool:
-        """True when nothing ``plan`` needs is missing."""
-        methods, gptq = _needs_calibration(plan)
-        return methods <= set(self.by_method) and gptq <= set(self.hessians)
+    def covers(self, plan: Plan, infos: Mapping[str, LinearInfo], reconstruct: bool = True) -> bool:
+        """True when nothing ``plan`` needs is missing (``infos``: the model's linears by name)."""
+        methods, gram = _needs_calibration(plan, infos, reconstruct)
+        return methods <= set(self.by_method) and gram <= set(self.hessians)
 
 
-def _calibration_statistics(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None,
-                            statistics: CalibrationStatistics | None, progress: bool) -> CalibrationStatistics:
-    if statistics is not None and statistics.covers(plan):
+def _calibration_statistics(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, LinearInfo],
+                            calibration: CalibrationSet | None, statistics: CalibrationStatistics | None,
+                            reconstruct: bool, progress: bool) -> CalibrationStatistics:
+    if statistics is not None and statistics.covers(plan, infos, reconstruct):
         return statistics
-    methods, gptq = _needs_calibration(plan)
-    if not methods and not gptq:
+    methods, gram = _needs_calibration(plan, infos, reconstruct)
+    if not methods and not gram:
         return CalibrationStatistics()
-    return CalibrationStatistics.compute(adapter, calibration or CalibrationSet.from_split(adapter), methods, gptq,
+    return CalibrationStatistics.compute(adapter, calibration or CalibrationSet.from_split(adapter), methods, gram,
                                          progress)
 
 
@@ -225,7 +241,7 @@ def _touched_modules(adapter: DLMAdapter, plan: Plan) -> Iterator[tuple[str, nn.
 
 def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | None = None,
                 use_kernels: bool | None = None, statistics: CalibrationStatistics | None = None,
-                progress: bool = True) -> CompressionRecord:
+                progress: bool = True, reconstruct: bool = True) -> CompressionRecord:
     """Compress ``adapter``'s model in place as ``plan`` says; return what was done.
 
     Validates the Plan against the model first (:class:`~dlmsearch.plan.PlanValidationError`
@@ -236,7 +252,10 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
     for W8A8 layers on CPUs, none on CUDA (every quantized layer there dequantizes and multiplies in
     the model's dtype); ``True`` all, ``False`` none. Each quantized layer
     reports which one it runs. ``statistics`` precomputed on this
-    (dense) model are used when they cover the Plan. ``progress`` shows bars on a terminal
+    (dense) model are used when they cover the Plan. ``reconstruct``: after heads or MLP channels are
+    pruned with a data-driven method (not ``magnitude``), the o / down layer that reads them is re-fitted
+    by least squares on the calibration inputs (:func:`~dlmsearch.compress.structured.reconstruct_columns_`);
+    False only slices it. ``progress`` shows bars on a terminal
     (evaluators, which compress a copy per trial, turn them off). On any error the model is left exactly
     as it was. The record is also kept as ``adapter.compression`` for :func:`save_compressed`.
     """
@@ -245,12 +264,13 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
         raise ValueError(f"model {adapter.name!r} is already compressed; load the original model to apply "
                          "another Plan")
     infos = {info.name: info for info in adapter.linears()}
-    stats_all = _calibration_statistics(adapter, plan, calibration, statistics, progress)
+    stats_all = _calibration_statistics(adapter, plan, infos, calibration, statistics, reconstruct, progress)
     by_method, hessian_stats = stats_all.by_method, stats_all.hessians
     snapshot = _ModuleSnapshot(dict(_touched_modules(adapter, plan)))
     try:
         with torch.no_grad():
-            kept_columns = _structured_pruning(adapter, plan, infos, _structure_stats(by_method, plan))
+            kept_columns = _structured_pruning(adapter, plan, infos, _structure_stats(by_method, plan),
+                                               hessian_stats if reconstruct else {})
             replacements: dict[str, nn.Module] = {}
             for name, lp in tqdm(plan.layers.items(), desc="apply plan", unit="layer",
                                  disable=None if progress else True):

@@ -18,6 +18,13 @@ the unit (a group's q, k, v rows and o columns; a channel's gate and up rows and
 Each matrix's contribution is first normalised to sum to 1 over the units, so q, k, v and o (or
 gate, up and down) each get an equal vote whatever their scale. Without statistics ``||X_j||`` is
 taken as 1 (magnitude scores).
+
+After the units go, :func:`reconstruct_columns_` re-fits the layer that reads them (o or down) by least
+squares on the dense model's calibration inputs, so its output stays as close as it can to the dense
+layer's with the columns it has left: layer-wise reconstruction after structured pruning (Kwon et al.
+2022, "A Fast Post-Training Pruning Framework for Transformers", arXiv 2204.09656). On the embedded
+model it halves the NELBO damage of 50% of MLP channels and cuts that of 50% of heads by 60%
+(bench/pruning_methods.py).
 """
 
 from __future__ import annotations
@@ -194,3 +201,28 @@ def prune_channels_(adapter: DLMAdapter, block_index: int, ratio: float, scores:
     _update_sizes(mlp, intermediate_size=kept.numel())
     logger.info("block %d: kept %d of %d MLP channels", block_index, kept.numel(), channel_count)
     return kept
+
+
+#: Ridge of the least-squares re-fit, relative to the mean diagonal of the kept inputs' Gram matrix (as
+#: GPTQ damps its Hessian): keeps the solve stable where kept columns are nearly collinear.
+RECONSTRUCTION_DAMPING = 0.01
+
+
+@torch.no_grad()
+def reconstruct_columns_(linear: nn.Linear, dense_weight: torch.Tensor, kept: torch.Tensor,
+                         gram: torch.Tensor) -> None:
+    """Re-fit ``linear`` (already cut to the ``kept`` input columns of ``dense_weight``, (N, K)) in place so
+    that ``X[:, kept] @ W'.T`` best matches the dense ``X @ W.T`` over the calibration inputs X whose Gram
+    matrix ``X.T @ X`` is ``gram`` (K, K): ``W' = W G[:, S] (G[S, S] + damping)^-1`` with S = ``kept``.
+    The bias (the dense one) stays."""
+    if linear.in_features != kept.numel() or tuple(dense_weight.shape) != (linear.out_features, gram.shape[0]):
+        raise ValueError(f"a {linear.out_features}x{linear.in_features} layer cut to {kept.numel()} of the "
+                         f"{tuple(dense_weight.shape)} dense weight's columns with a {tuple(gram.shape)} Gram matrix")
+    g = gram.detach().to(torch.float64).cpu()
+    index = kept.cpu()
+    g_kept = g[index][:, index]
+    ridge = RECONSTRUCTION_DAMPING * float(g_kept.diagonal().mean()) + 1e-12
+    g_kept += ridge * torch.eye(index.numel(), dtype=torch.float64)
+    target = dense_weight.detach().to(torch.float64).cpu() @ g[:, index]  # (N, |S|)
+    fitted = torch.linalg.solve(g_kept, target.T).T
+    linear.weight.data.copy_(fitted.to(linear.weight.dtype))

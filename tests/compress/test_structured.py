@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
+from dlmsearch.compress import apply_plan_
 from dlmsearch.compress.calibration import CalibrationSet, collect_input_statistics
 from dlmsearch.compress.structured import (
     channel_scores,
@@ -12,9 +16,11 @@ from dlmsearch.compress.structured import (
     head_layout,
     prune_channels_,
     prune_heads_,
+    reconstruct_columns_,
 )
 from dlmsearch.models.adapters import DLMAdapter
 from dlmsearch.models.sampler import generate
+from dlmsearch.plan import uniform_plan
 
 IDS = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
 
@@ -112,3 +118,48 @@ def test_pruning_twice_and_keeping_one_group(tiny_llama: DLMAdapter) -> None:
         prune_heads_(tiny_llama, 0, 0.5, torch.ones(3))
     with pytest.raises(ValueError, match="ratio"):
         prune_channels_(tiny_llama, 0, 1.0, channel_scores(tiny_llama, 0))
+
+
+def test_reconstruction_fits_the_dense_output_better_than_slicing() -> None:
+    generator = torch.Generator().manual_seed(1)
+    mixing = torch.randn(24, 24, generator=generator)
+    inputs = torch.randn(400, 24, generator=generator) @ mixing  # correlated columns: kept ones can stand in
+    dense = torch.nn.Linear(24, 10, bias=True)
+    kept = torch.arange(0, 24, 2)
+    sliced = torch.nn.Linear(12, 10, bias=True)
+    sliced.weight.data = dense.weight.data[:, kept].clone()
+    sliced.bias.data = dense.bias.data.clone()
+    refit = copy.deepcopy(sliced)
+    reconstruct_columns_(refit, dense.weight, kept, inputs.T @ inputs)
+    with torch.no_grad():
+        target = dense(inputs)
+        error = {name: float((layer(inputs[:, kept]) - target).pow(2).mean()) for name, layer in
+                 (("sliced", sliced), ("refit", refit))}
+    assert error["refit"] < 0.5 * error["sliced"]
+    assert torch.equal(refit.bias, dense.bias)
+    with pytest.raises(ValueError, match="columns"):
+        reconstruct_columns_(refit, dense.weight, torch.arange(5), inputs.T @ inputs)
+
+
+@pytest.mark.parametrize("structure", ["heads", "channels"])
+def test_apply_plan_refits_the_layer_reading_pruned_units(tiny_llama: DLMAdapter, structure: str) -> None:
+    calib = CalibrationSet(IDS, tiny_llama.mask_token_id, timesteps=(0.3, 0.7))
+    roles = ("q", "k", "v", "o") if structure == "heads" else ("gate", "up", "down")
+    reader = "o" if structure == "heads" else "down"
+    plan = uniform_plan(tiny_llama)
+    layers = {name: (dataclasses.replace(lp, structure=structure, sparsity=0.5, prune_method="wanda")
+                     if any(name.endswith(tiny_llama.role_suffixes()[r]) for r in roles) and ".layers.0." in name
+                     else lp) for name, lp in plan.layers.items()}
+    plan = dataclasses.replace(plan, layers=layers)
+    models = {}
+    for reconstruct in (False, True):
+        models[reconstruct] = copy.deepcopy(tiny_llama)
+        apply_plan_(models[reconstruct], plan, calib, reconstruct=reconstruct, progress=False)
+    name = f"model.layers.0.{tiny_llama.role_suffixes()[reader]}"
+    sliced, refit = (models[r].get_module(name).weight for r in (False, True))
+    assert sliced.shape == refit.shape and not torch.allclose(sliced, refit)
+    shapes = [(i.in_features, i.out_features) for i in models[True].linears()]
+    assert shapes == [(i.in_features, i.out_features) for i in models[False].linears()]  # same speed
+    dense = _logits(tiny_llama)
+    drift = {r: float((_logits(m) - dense).pow(2).mean()) for r, m in models.items()}
+    assert drift[True] < drift[False]  # closer to the dense model's logits on these (calibration) ids
