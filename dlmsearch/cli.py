@@ -323,16 +323,18 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=1))
         return 0
     metrics = ["quality", "proxy", "latency_ms", "latency_per_step_ms", "peak_mem_bytes"]
-    print(f"{'trial':>5}  " + "  ".join(f"{m:>19}" for m in metrics) + "  scored by  text       Plan")
+    print(f"{'trial':>5}  " + "  ".join(f"{m:>19}" for m in metrics) + "  scored by  text       measured  Plan")
     for r in rows:
         values = {**r.metrics, "proxy": r.proxy_quality if r.proxy_quality is not None else float("nan")}
+        speedup = f"{r.measured_speedup:.2f}x" if r.measured_speedup is not None else ""
         print(f"{r.number:>5}  " + "  ".join(f"{values.get(m, float('nan')):>19.6g}" for m in metrics)
               + f"  {'verified' if r.verified else r.fidelity:9s}  {'collapsed' if r.degenerate else 'kept':9s}"
-              + f"  {r.summary}")
+              + f"  {speedup:>8s}  {r.summary}")
     verified = sum(r.verified for r in rows)
     print(f"{len(rows)} Plans on the feasible front; quality is the full evaluator's verified score for {verified} "
           f"of them (`verified`), the proxy's for the others (column proxy: the proxy's score of each); "
-          f"`collapsed` text is never exported (see `export --trial N`)")
+          f"`collapsed` text is never exported (see `export --trial N`); `measured`: speed-up over the dense model "
+          f"timed by `dlmsearch measure`")
     return 0
 
 

@@ -8,6 +8,7 @@ proxy score is kept beside it (``proxy_quality``); ``--pick`` then chooses among
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlmsearch.plan import Plan
 from dlmsearch.search.attributes import FIDELITY_ATTR, METRICS_ATTR, PLAN_ATTR
+from dlmsearch.search.measurements import measurements
 from dlmsearch.search.pareto import PickError, feasible_front, is_feasible, parse_pick, pick_trial
 from dlmsearch.search.spec import OBJECTIVES
 from dlmsearch.search.storage import open_storage, resolve_pointer
@@ -95,7 +97,8 @@ def open_study(run_dir: str | Path | None = None, storage: str | None = None, st
 class FrontRow:
     """One trial as the front table shows it; ``metrics["quality"]`` is the verified score when
     ``verified`` (the proxy's is then ``proxy_quality``); ``degenerate`` says why export refuses its text
-    (:func:`degeneracy`), or None."""
+    (:func:`degeneracy`), or None; ``measured_speedup``: the dense model's time over the Plan's where
+    ``dlmsearch measure`` timed it (:mod:`dlmsearch.search.measurements`), else None."""
 
     number: int
     metrics: dict[str, float]
@@ -105,6 +108,7 @@ class FrontRow:
     verified: bool = False
     proxy_quality: float | None = None
     degenerate: str | None = None
+    measured_speedup: float | None = None
 
 
 def plan_of(trial: FrozenTrial) -> Plan:
@@ -140,8 +144,10 @@ def trial_row(trial: FrozenTrial, verified: Verification | None = None) -> Front
 
 def front_rows(study: optuna.Study) -> list[FrontRow]:
     """The feasible front, verified Plans first, each part sorted by quality."""
-    checked = verifications(study)
-    rows = [trial_row(t, checked.get(t.number)) for t in feasible_front(study.get_trials(deepcopy=False))]
+    checked, timed = verifications(study), measurements(study)
+    rows = [dataclasses.replace(trial_row(t, checked.get(t.number)), measured_speedup=timed[t.number].check.speedup
+                                if t.number in timed else None)
+            for t in feasible_front(study.get_trials(deepcopy=False))]
     return sorted(rows, key=lambda r: (not r.verified, r.metrics.get("quality", 0.0), r.number))
 
 
@@ -150,7 +156,8 @@ def write_pareto_json(study: optuna.Study, path: str | Path) -> Path:
     the proxy's beside it), Plan summary and the Plan."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     data = [{"trial": row.number, "metrics": row.metrics, "fidelity": row.fidelity, "verified": row.verified,
-             "proxy_quality": row.proxy_quality, "degenerate": row.degenerate, "summary": row.summary,
+             "proxy_quality": row.proxy_quality, "degenerate": row.degenerate,
+             "measured_speedup": row.measured_speedup, "summary": row.summary,
              PLAN_ATTR: trials[row.number].user_attrs[PLAN_ATTR]} for row in front_rows(study)]
     out = Path(path)
     out.write_text(json.dumps({"study": study.study_name, "objectives": study.metric_names, "front": data},

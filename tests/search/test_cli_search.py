@@ -85,6 +85,10 @@ def test_run_resume_pareto_report_export_apply(spec_file: Path, tmp_path: Path,
     measured = measurements(open_study(run_dir))[best["number"]]
     assert measured.check.rounds == 1 and measured.hardware == SPEC["hardware"]
     assert measured.check.plan_score == pytest.approx(best["metrics"]["quality"])  # the verification's score, reused
+    assert main(["pareto", str(run_dir), "--json"]) == 0
+    speedups = {row["number"]: row["measured_speedup"] for row in json.loads(capsys.readouterr().out)}
+    assert speedups[best["number"]] == pytest.approx(measured.check.speedup)
+    assert all(value is None for number, value in speedups.items() if number != best["number"])
 
 
 def test_user_errors_are_one_line(spec_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
