@@ -22,8 +22,15 @@ compressed model with the Plan's sampler (``got``), the dense model with the Pla
     draw = cost(got, paired) + cost(paired, best)         # compression_cost + step_cost
     cost(a, b) = (infill_b - infill_a) + mean_k max(0, nelbo_a,k - nelbo_b,k)
                  + mean_k max(0, diversity_b,k - diversity_a,k) + 0.5 * (1 - agreement(a, b))
+                 + max(0, collapsed_a - collapsed_b)
 
-over the row kinds k. The compression cost pairs the Plan with the dense model under the *same*
+over the row kinds k; ``collapsed`` is the share of the greedy prompted rows that collapsed one by one
+(:func:`collapsed_rows`: mostly one run of spaces or one phrase repeated). A collapsed row is *likely*
+under the dense model, so the NELBO term alone rewarded collapse (a 32-step Plan whose prompted rows
+collapsed 0.62 of the time had a NELBO gap of 0.06 against 0.29-0.63 for Plans that kept their text),
+and the pooled diversity hardly sees rows collapsing one by one (bench/HISTORY.md, 2026-12-06).
+
+The compression cost pairs the Plan with the dense model under the *same*
 sampler and seeds, so its generations and fills stay close to the dense ones and their difference
 carries little sampling noise; the step cost is Plan-independent (the dense model's own loss from
 taking fewer steps) and measured once per sampler setting (:meth:`FullEvaluator.step_cost`). Before
@@ -75,7 +82,7 @@ AGREEMENT_WEIGHT = 0.5
 #: Offset of every seed the full evaluator draws with (the proxy draws with seeds 0-2 by default).
 FULL_SEED_OFFSET = 100
 #: Bump when a cached dense measurement changes meaning.
-DENSE_CACHE_VERSION = 1
+DENSE_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class _Measured:
     infill_accuracy: float
     nelbo: dict[str, float]  # per row kind that has rows
     diversity: dict[str, float]
+    collapsed: float  # share of the prompted rows that collapsed (0 without prompted rows)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The measurement as named tensors (what the disk cache stores)."""
@@ -132,7 +140,7 @@ class _Measured:
 
         return {"tokens": self.tokens, "infilled": self.infilled, "infill_accuracy": number(self.infill_accuracy),
                 **{f"nelbo.{k}": number(v) for k, v in self.nelbo.items()},
-                **{f"diversity.{k}": number(v) for k, v in self.diversity.items()}}
+                **{f"diversity.{k}": number(v) for k, v in self.diversity.items()}, "collapsed": number(self.collapsed)}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> _Measured:
@@ -141,7 +149,7 @@ class _Measured:
             return {k[len(prefix):]: float(v[0]) for k, v in tensors.items() if k.startswith(prefix)}
 
         return cls(tensors["tokens"], tensors["infilled"], float(tensors["infill_accuracy"][0]), part("nelbo."),
-                   part("diversity."))
+                   part("diversity."), float(tensors["collapsed"][0]))
 
 
 def _quarter(count: int) -> int:
@@ -173,13 +181,16 @@ def collapsed_rows(tokens: torch.Tensor, n: int = NGRAM) -> float:
 
 def _cost(got: _Measured, reference: _Measured) -> tuple[float, dict[str, float]]:
     """What ``got`` loses against ``reference`` (two measurements under one draw's seeds) and its parts:
-    infill accuracy, per-kind NELBO and diversity shortfalls clipped at 0, infill disagreement."""
+    infill accuracy, per-kind NELBO and diversity shortfalls clipped at 0, infill disagreement, and the
+    share of prompted rows that collapsed beyond the reference's."""
     kinds = list(got.nelbo)
     parts = {"infill_gap": reference.infill_accuracy - got.infill_accuracy,
              "gen_gap": statistics.fmean(max(0.0, got.nelbo[k] - reference.nelbo[k]) for k in kinds),
              "diversity_gap": statistics.fmean(max(0.0, reference.diversity[k] - got.diversity[k]) for k in kinds),
-             "disagreement": 1.0 - float((got.infilled == reference.infilled).float().mean())}
-    total = parts["infill_gap"] + parts["gen_gap"] + parts["diversity_gap"] + AGREEMENT_WEIGHT * parts["disagreement"]
+             "disagreement": 1.0 - float((got.infilled == reference.infilled).float().mean()),
+             "collapse_gap": max(0.0, got.collapsed - reference.collapsed)}
+    total = (parts["infill_gap"] + parts["gen_gap"] + parts["diversity_gap"] + AGREEMENT_WEIGHT * parts["disagreement"]
+             + parts["collapse_gap"])
     return total, parts
 
 
@@ -271,7 +282,8 @@ class FullEvaluator(BaseEvaluator):
         infilled = task.fill(model, sampler.steps / sampler.gen_length, sampler.block_length, windows)
         accuracy = float((infilled == task.truth(windows)).float().mean())
         return _Measured(tokens, infilled, accuracy, nelbo,
-                         {kind: distinct_ngrams(kind_rows) for kind, kind_rows in rows.items()})
+                         {kind: distinct_ngrams(kind_rows) for kind, kind_rows in rows.items()},
+                         collapsed_rows(tokens[:split]))
 
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
         """The dense model with ``sampler`` for this draw: measured once per sampler, fidelity and draw, and

@@ -66,7 +66,7 @@ from dlmsearch.plan import Plan, SamplerSettings
 NELBO_SEED_OFFSET = 2
 INFILL_SEED_OFFSET = 3
 #: Enters every reference cache key: raise it when a change alters what a cached entry holds.
-REFERENCE_VERSION = 6
+REFERENCE_VERSION = 7
 #: The dense step cost is measured like the full evaluator's step part, with seeds ``seed + 150`` on
 #: (the full evaluator's own start at ``seed + 100``) and on windows a quarter of the way between the
 #: proxy's: it shares no text and no draws with either.

@@ -188,3 +188,19 @@ def test_dense_references_are_kept_on_disk_for_the_next_evaluator(tmp_path: Path
     measured.clear()
     other.evaluate(plan)
     assert any(model is other.dense for model in measured)
+
+
+def test_rows_collapsing_beyond_the_reference_cost_what_their_likely_text_saves() -> None:
+    """Collapsed rows are likely under the dense model: the NELBO term alone would prefer them."""
+    from dlmsearch.evaluators.full import _cost, _Measured
+
+    def measured(collapsed: float, nelbo: float) -> _Measured:
+        return _Measured(torch.zeros(4, 8, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), 0.5,
+                         {"prompted": nelbo}, {"prompted": 0.3}, collapsed)
+
+    reference = measured(0.25, 2.0)
+    total, parts = _cost(measured(0.75, 1.8), reference)  # likelier text, half the rows collapsed beyond
+    assert parts["gen_gap"] == 0.0 and parts["collapse_gap"] == pytest.approx(0.5) and total == pytest.approx(0.5)
+    assert _cost(measured(0.0, 2.0), reference)[1]["collapse_gap"] == 0.0  # fewer collapsed rows: no credit
+    stored = measured(0.75, 1.8)
+    assert _Measured.from_tensors(stored.to_tensors()).collapsed == 0.75  # kept in the dense-reference cache
