@@ -10,6 +10,7 @@ holds only the records and their storage: it imports neither torch nor the evalu
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -74,20 +75,34 @@ class PlanValidation:
 @dataclass(frozen=True)
 class BudgetCheck:
     """One latency limit of the study's budget against what was measured (same units: ms, or a share
-    of the dense model's time for ``latency_fraction``)."""
+    of the dense model's time for ``latency_fraction``): the median over the timed rounds and the
+    lowest and highest round, which say how far the machine's own drift reaches."""
 
     name: str  # the budget field: latency_ms, latency_per_step_ms or latency_fraction
     limit: float
-    measured: float
+    measured: float  # the median
+    lowest: float = math.nan
+    highest: float = math.nan
 
     @property
     def met(self) -> bool:
-        """Whether the measured figure is within the limit."""
+        """Whether the median is within the limit."""
         return self.measured <= self.limit
 
+    @property
+    def within_spread(self) -> bool:
+        """Whether the limit lies between the lowest and the highest round (drift could decide it)."""
+        return self.lowest <= self.limit <= self.highest
+
     def describe(self) -> str:
-        """``latency_fraction <= 0.45: measured 0.44, met``."""
-        return f"{self.name} <= {self.limit:.4g}: measured {self.measured:.4g}, {'met' if self.met else 'NOT met'}"
+        """``latency_fraction <= 0.45: measured 0.4516 (rounds 0.44-0.46), over by 0.4%, within the rounds' spread``."""
+        rounds = f" (rounds {self.lowest:.4g}-{self.highest:.4g})" if not math.isnan(self.lowest) else ""
+        if self.met:
+            verdict = "met"
+        else:
+            verdict = f"over by {100 * (self.measured / self.limit - 1):.1f}%" + (
+                ", within the rounds' spread" if self.within_spread else ", NOT met")
+        return f"{self.name} <= {self.limit:.4g}: measured {self.measured:.4g}{rounds}, {verdict}"
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,8 @@ class Measurement:
         return cls(int(data["trial"]), PlanValidation.from_json(data["check"]), float(data["predicted_ms"]),
                    float(data["predicted_dense_ms"]), str(data["hardware"]),
                    {str(k): str(v) for k, v in data.get("machine", {}).items()}, dict(data.get("settings", {})),
-                   tuple(BudgetCheck(str(b["name"]), float(b["limit"]), float(b["measured"]))
+                   tuple(BudgetCheck(str(b["name"]), float(b["limit"]), float(b["measured"]),
+                                     float(b.get("lowest", math.nan)), float(b.get("highest", math.nan)))
                          for b in data.get("budget", [])))
 
 

@@ -101,10 +101,15 @@ def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_RO
 
 
 def budget_checks(budget: Budget, check: PlanValidation, steps: int) -> tuple[BudgetCheck, ...]:
-    """The budget's latency limits against ``check``'s medians: ``latency_ms`` and ``latency_per_step_ms``
-    in measured ms, ``latency_fraction`` as the Plan's measured time over the dense model's. Only
-    meaningful where the study's hardware is the machine that measured (``hardware: local``)."""
-    measured = {"latency_ms": check.plan_ms, "latency_per_step_ms": check.plan_ms / steps,
-                "latency_fraction": check.plan_ms / check.dense_ms}
-    return tuple(BudgetCheck(name, float(limit), value) for name, value in measured.items()
-                 if (limit := getattr(budget, name)) is not None)
+    """The budget's latency limits against ``check``'s rounds: ``latency_ms`` and ``latency_per_step_ms``
+    in measured ms, ``latency_fraction`` as the Plan's time over the dense model's in the same round; the
+    median, lowest and highest round of each. Only meaningful where the study's hardware is the machine
+    that measured (``hardware: local``)."""
+    rounds = list(zip(check.dense_times_ms, check.plan_times_ms, strict=True))
+    per_round = {"latency_ms": [plan for _, plan in rounds],
+                 "latency_per_step_ms": [plan / steps for _, plan in rounds],
+                 "latency_fraction": [plan / dense for dense, plan in rounds]}
+    medians = {"latency_ms": check.plan_ms, "latency_per_step_ms": check.plan_ms / steps,
+               "latency_fraction": check.plan_ms / check.dense_ms}
+    return tuple(BudgetCheck(name, float(limit), medians[name], min(values), max(values))
+                 for name, values in per_round.items() if (limit := getattr(budget, name)) is not None)

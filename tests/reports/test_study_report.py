@@ -100,7 +100,7 @@ def test_report_shows_a_measured_plan_its_text_and_every_timed_round() -> None:
     check = PlanValidation((700.0, 720.0, 710.0), (300.0, 330.0, 310.0), 0.9, 0.0, 1.2, 0.12, 0.19,
                            "ROMEO.", "and <the> rest", "   \n\n  ")
     store_measurement(study, Measurement(2, check, 40.0, 90.0, "local", {"device": "cpu/Test CPU/threads2"}, {},
-                                         (BudgetCheck("latency_fraction", 0.45, 0.437),)))
+                                         (BudgetCheck("latency_fraction", 0.45, 0.437, 0.42, 0.44),)))
     data = study_report_data(study)
     assert [m.trial for m in data.measured] == [2]
     page = render_html(data)
@@ -108,7 +108,7 @@ def test_report_shows_a_measured_plan_its_text_and_every_timed_round() -> None:
     assert "2.29x measured, 2.25x predicted for hardware local" in section  # 710/310 and 90/40
     assert "and &lt;the&gt; rest" in section and "   \n\n  </pre>" in section  # escaped; blank text stays visible
     assert "cpu/Test CPU/threads2" in section and "12%" in section and "19%" in section
-    assert "budget latency_fraction &lt;= 0.45</td><td></td><td>0.437: met" in section
+    assert "budget latency_fraction &lt;= 0.45</td><td></td><td>measured 0.437 (rounds 0.42-0.44), met" in section
     assert page.index("Measured on a real machine") < page.index("quality (proxy score; lower is better) vs")
     assert page.count("<script type=\"text/javascript\">/**") <= 1  # plotly.js once, with the first figure
     assert "timed round" in page and "[300.0,330.0,310.0]" in page.replace(" ", "")

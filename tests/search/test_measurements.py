@@ -24,7 +24,7 @@ def test_a_measurement_survives_a_journal_round_trip(tmp_path: Path) -> None:
     journal = tmp_path / "journal.log"
     study = optuna.create_study(storage=open_storage(journal), study_name="s")
     measured = Measurement(3, CHECK, 40.0, 90.0, "local", {"host": "vm", "threads": "2"}, {"draws": 1},
-                           (BudgetCheck("latency_fraction", 0.45, 0.44),))
+                           (BudgetCheck("latency_fraction", 0.45, 0.44, 0.42, 0.47),))
     store_measurement(study, measured)
     again = measurements(optuna.load_study(study_name="s", storage=open_storage(journal)))
     assert list(again) == [3]
@@ -70,11 +70,19 @@ def test_pointers_name_other_storages_as_they_are_and_old_pointers_still_open(tm
     assert open_study(tmp_path / "old").study_name == "moved"
 
 
-def test_the_budget_is_checked_against_the_measured_medians() -> None:
+def test_the_budget_is_checked_against_the_measured_rounds() -> None:
     budget = Budget(latency_ms=305.0, latency_per_step_ms=10.0, latency_fraction=0.43)
     checks = {b.name: b for b in budget_checks(budget, CHECK, steps=32)}  # medians: dense 700, Plan 310
     assert checks["latency_ms"].measured == 310.0 and not checks["latency_ms"].met
+    assert (checks["latency_ms"].lowest, checks["latency_ms"].highest) == (300.0, 350.0)
+    assert checks["latency_ms"].within_spread  # 305 lies between the rounds: drift could decide it
     assert checks["latency_per_step_ms"].measured == pytest.approx(310 / 32) and checks["latency_per_step_ms"].met
-    assert checks["latency_fraction"].measured == pytest.approx(310 / 700) and not checks["latency_fraction"].met
-    assert checks["latency_fraction"].describe() == "latency_fraction <= 0.43: measured 0.4429, NOT met"
+    fraction = checks["latency_fraction"]
+    assert fraction.measured == pytest.approx(310 / 700) and not fraction.met
+    assert fraction.lowest == pytest.approx(300 / 700) and fraction.highest == pytest.approx(350 / 690)  # per round
+    assert fraction.describe() == ("latency_fraction <= 0.43: measured 0.4429 (rounds 0.4286-0.5072), over by 3.0%, "
+                                   "within the rounds' spread")
+    clear = BudgetCheck("latency_ms", 250.0, 310.0, 300.0, 350.0)
+    assert clear.describe().endswith("over by 24.0%, NOT met")
+    assert BudgetCheck("latency_ms", 400.0, 310.0, 300.0, 350.0).describe().endswith(", met")
     assert budget_checks(Budget(peak_mem_bytes=10**9), CHECK, steps=32) == ()  # memory is not timed
