@@ -413,7 +413,8 @@ def _measured_html(measured: Measurement) -> str:
             ("full evaluator score (0 = dense at one token per step)", f"{check.dense_score:.3f}",
              f"{check.plan_score:.3f}"),
             ("distinct 4-grams (share of the dense model's)", "1", f"{check.distinct4_ratio:.2f}"),
-            ("prompted rows collapsed", f"{check.dense_collapsed_rows:.0%}", f"{check.collapsed_rows:.0%}"),
+            ("prompted rows collapsed (the dense model's at one token per step)", f"{check.dense_collapsed_rows:.0%}",
+             f"{check.collapsed_rows:.0%}"),
             *((f"budget {b.name} &lt;= {b.limit:.4g}", "", html.escape(b.describe().split(": ", 1)[1]))
               for b in measured.budget)]
     table = "".join(f"<tr><td>{name}</td><td>{dense}</td><td>{plan}</td></tr>" for name, dense, plan in rows)
