@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
-from dlmsearch.data import load_split
 from dlmsearch.evaluators import FullSettings
 from dlmsearch.models.loading import load_model
 from dlmsearch.plan import load_plan, uniform_plan
 from dlmsearch.search import open_study
-from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, validate_plan
+from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, sample_prompts, validate_plan
 
 QUICK_FULL = FullSettings(infill_windows=8, prompts=4, unconditional=4, draws=1)
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dense = uniform_plan(adapter, steps=max(spec["space"]["steps"]), gen_length=spec["generation"]["gen_length"],
                          block_length=max(spec["space"]["block_lengths"]))
     prompt_length = spec["generation"]["prompt_length"]
-    check = validate_plan(adapter, exported, dense, load_split("evaluation")[:prompt_length], prompt_length,
+    check = validate_plan(adapter, exported, dense, sample_prompts(prompt_length), prompt_length,
                           repeats=3 if args.quick else VALIDATION_ROUNDS,
                           settings=QUICK_FULL if args.quick else VALIDATION_FULL)
     trials = study.get_trials(deepcopy=False)
@@ -61,8 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                "speedup_predicted": latency["dense"] / latency["pick"], "full_score_pick": check.plan_score,
                "full_score_dense": check.dense_score, "distinct4_ratio_pick": check.distinct4_ratio,
                "collapsed_rows_pick": check.collapsed_rows, "collapsed_rows_dense": check.dense_collapsed_rows}
-    print(f"dense text: {check.dense_text!r}")
-    print(f"pick text:  {check.plan_text!r}")
+    for dense_text, plan_text in zip(check.dense_texts, check.plan_texts, strict=True):
+        print(f"dense text: {dense_text!r}")
+        print(f"pick text:  {plan_text!r}")
     for name, value in figures.items():
         print(f"{name}: {value:.4f}")
     return figures

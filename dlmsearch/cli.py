@@ -439,9 +439,10 @@ def _measure_and_report(study: Any, number: int, report: Path | None, rounds: in
         print("budget on this machine: " + "; ".join(b.describe() for b in measured.budget))
     elif measured.hardware != "local":
         print(f"budget not checked: the study's hardware is {measured.hardware!r}, not this machine")
-    print(f"prompt: {check.prompt!r}")
-    print(f"dense:  {check.dense_text!r}")
-    print(f"plan:   {check.plan_text!r}")
+    for prompt, dense_text, plan_text in zip(check.prompts, check.dense_texts, check.plan_texts, strict=True):
+        print(f"prompt: {prompt!r}")
+        print(f"dense:  {dense_text!r}")
+        print(f"plan:   {plan_text!r}")
     if report is not None:
         print(f"report: {write_report(study, report)} (with the measurement)")
 

@@ -418,13 +418,14 @@ def _measured_html(measured: Measurement) -> str:
             *((f"budget {b.name} &lt;= {b.limit:.4g}", "", html.escape(b.describe().split(": ", 1)[1]))
               for b in measured.budget)]
     table = "".join(f"<tr><td>{name}</td><td>{dense}</td><td>{plan}</td></tr>" for name, dense, plan in rows)
-    texts = "".join(f"<tr><td>{name}</td><td><pre style='{_TEXT_STYLE}'>{html.escape(text)}</pre></td></tr>"
-                    for name, text in (("prompt", check.prompt), ("dense model", check.dense_text),
-                                       (f"trial {measured.trial}", check.plan_text)))
+    cells = [[f"<td><pre style='{_TEXT_STYLE}'>{html.escape(text)}</pre></td>" for text in row]
+             for row in zip(check.prompts, check.dense_texts, check.plan_texts, strict=True)]
+    texts = "".join(f"<tr>{''.join(row)}</tr>" for row in cells)
     return (f"<h3>Trial {measured.trial}</h3><p>Measured on {html.escape(machine)}: {check.rounds} timed rounds "
             "of each model, alternating which runs first.</p>"
             f"<table><tr><th></th><th>dense model</th><th>trial {measured.trial}</th></tr>{table}</table>"
-            f"<p>Text from the same prompt (greedy):</p><table>{texts}</table>")
+            f"<p>Text from the same held-out prompts (greedy):</p><table><tr><th>prompt</th><th>dense model</th>"
+            f"<th>trial {measured.trial}</th></tr>{texts}</table>")
 
 
 def _measured_section(data: StudyReportData) -> list[tuple[str, Any]]:

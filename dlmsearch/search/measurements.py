@@ -26,7 +26,7 @@ class PlanValidation:
     """A Plan measured beside the dense Plan: ``generate`` timings (ms) of interleaved rounds, full
     evaluator scores (the dense Plan's is 0 at one token per step), the Plan's ``distinct4_ratio``, the
     shares of prompted rows that collapsed (the Plan's, and the dense model's at one token per step)
-    and one generation of each from the same prompt."""
+    and a generation of each from the same prompts."""
 
     dense_times_ms: tuple[float, ...]
     plan_times_ms: tuple[float, ...]
@@ -35,9 +35,9 @@ class PlanValidation:
     distinct4_ratio: float
     collapsed_rows: float
     dense_collapsed_rows: float
-    prompt: str
-    dense_text: str
-    plan_text: str
+    prompts: tuple[str, ...]
+    dense_texts: tuple[str, ...]  # one per prompt
+    plan_texts: tuple[str, ...]
 
     @property
     def dense_ms(self) -> float:
@@ -61,7 +61,8 @@ class PlanValidation:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data."""
-        return {**asdict(self), "dense_times_ms": list(self.dense_times_ms), "plan_times_ms": list(self.plan_times_ms)}
+        return {**asdict(self), **{name: list(getattr(self, name)) for name in (
+            "dense_times_ms", "plan_times_ms", "prompts", "dense_texts", "plan_texts")}}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PlanValidation:
@@ -69,7 +70,15 @@ class PlanValidation:
         return cls(tuple(float(v) for v in data["dense_times_ms"]), tuple(float(v) for v in data["plan_times_ms"]),
                    float(data["plan_score"]), float(data["dense_score"]), float(data["distinct4_ratio"]),
                    float(data["collapsed_rows"]), float(data["dense_collapsed_rows"]),
-                   str(data["prompt"]), str(data["dense_text"]), str(data["plan_text"]))
+                   *(_texts(data, name) for name in ("prompts", "dense_texts", "plan_texts")))
+
+
+def _texts(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """A list of texts, or the single text that records of the first release kept (``prompt`` for
+    ``prompts``, ``dense_text`` for ``dense_texts``, ...)."""
+    if name in data:
+        return tuple(str(text) for text in data[name])
+    return (str(data[name[:-1]]),)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 
 import optuna
 import torch
@@ -35,14 +36,14 @@ VALIDATION_FULL = FullSettings(draws=1)
 VALIDATION_ROUNDS = 9
 
 
-def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str, prompt_length: int,
+def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompts: Sequence[str], prompt_length: int,
                   repeats: int = VALIDATION_ROUNDS, calibration: CalibrationSet | None = None,
                   settings: FullSettings = VALIDATION_FULL, scored: QualityResult | None = None) -> PlanValidation:
     """Measure ``plan`` against ``dense_plan`` on ``adapter`` (never changed): ``repeats`` timings of each,
     in rounds that alternate which model runs first (dense-plan, plan-dense, ...) so that drift of the
-    machine hits both alike, the full evaluator's score of both, and one generation of each from
-    ``prompt``. ``scored``: the Plan's full-evaluator result under ``settings`` when it is known already
-    (the front's verification), instead of scoring it again."""
+    machine hits both alike, the full evaluator's score of both, and a generation of each from every one
+    of ``prompts`` (of one length, generated as a batch). ``scored``: the Plan's full-evaluator result
+    under ``settings`` when it is known already (the front's verification), instead of scoring it again."""
     compressed = copy.deepcopy(adapter)
     apply_plan_(compressed, plan, calibration)
     runs = {"dense": generate_call(adapter, dense_plan.sampler, prompt_length),
@@ -55,17 +56,35 @@ def validate_plan(adapter: DLMAdapter, plan: Plan, dense_plan: Plan, prompt: str
             times[name].append(time_call(adapter if name == "dense" else compressed, runs[name]) * 1e3)
     full = FullEvaluator(adapter, settings, calibration=calibration)
     scored = scored or full.evaluate(plan)
-    ids = adapter.encode(prompt)[None, :]
+    encoded = [adapter.encode(prompt) for prompt in prompts]
+    if len({len(e) for e in encoded}) != 1:
+        raise ValueError(f"prompts: {len(encoded)} prompts of {sorted({len(e) for e in encoded})} tokens; allowed: "
+                         "one or more prompts of one length in tokens (they are generated as one batch)")
+    ids = torch.stack(encoded)
     texts = {}
     for name, (model, sampler) in {"dense": (adapter, dense_plan.sampler), "plan": (compressed, plan.sampler)}.items():
         with torch.no_grad():
             out = generate(model, ids, seed=0, **dataclasses.asdict(sampler))
-        texts[name] = adapter.decode(out[0, ids.shape[1]:])
+        texts[name] = tuple(adapter.decode(row[ids.shape[1]:]) for row in out)
     return PlanValidation(tuple(times["dense"]), tuple(times["plan"]), scored.score,
                           full.evaluate(dense_plan).score, scored.metrics["distinct4_ratio"],
                           scored.metrics.get("collapsed_rows", float("nan")),
-                          scored.metrics.get("dense_collapsed_rows", float("nan")), prompt, texts["dense"],
+                          scored.metrics.get("dense_collapsed_rows", float("nan")), tuple(prompts), texts["dense"],
                           texts["plan"])
+
+
+#: Prompts a measurement shows the text of: held-out windows spread over the evaluation plays.
+SAMPLE_PROMPTS = 3
+
+
+def sample_prompts(prompt_length: int, count: int = SAMPLE_PROMPTS) -> list[str]:
+    """``count`` held-out prompts of ``prompt_length`` characters spread evenly over the evaluation plays,
+    the first at their start (the plays' title)."""
+    from dlmsearch.data import load_split
+
+    text = load_split("evaluation")
+    starts = [round(i * (len(text) - prompt_length) / count) for i in range(count)]
+    return [text[start:start + prompt_length] for start in starts]
 
 
 def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_ROUNDS,
@@ -74,7 +93,6 @@ def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_RO
     steps, nothing compressed), with the study's first held-out prompt; its full-evaluator score is the
     front verification's where that used ``settings``. ``adapter``: the study's model, already loaded
     (default: loaded from the spec)."""
-    from dlmsearch.data import load_split
     from dlmsearch.models.loading import load_model
     from dlmsearch.search.runner import environment
 
@@ -87,8 +105,8 @@ def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_RO
     scored = None
     if verified is not None and FullSettings(**verified.settings) == settings:
         scored = QualityResult(verified.quality, verified.metrics, "full")
-    prompt = load_split("evaluation")[:spec.generation.prompt_length]
-    check = validate_plan(adapter, plan_of(trial), dense, prompt, spec.generation.prompt_length, repeats,
+    prompts = sample_prompts(spec.generation.prompt_length)
+    check = validate_plan(adapter, plan_of(trial), dense, prompts, spec.generation.prompt_length, repeats,
                           settings=settings, scored=scored)
     machine = {k: v for k, v in environment().items() if k in ("host", "device", "threads", "torch")}
     overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)

@@ -98,7 +98,7 @@ def test_report_shows_a_measured_plan_its_text_and_every_timed_round() -> None:
 
     study = hand_built()
     check = PlanValidation((700.0, 720.0, 710.0), (300.0, 330.0, 310.0), 0.9, 0.0, 1.2, 0.12, 0.19,
-                           "ROMEO.", "and <the> rest", "   \n\n  ")
+                           ("ROMEO.", "JULIET."), ("and <the> rest", "words"), ("   \n\n  ", "more words"))
     store_measurement(study, Measurement(2, check, 40.0, 90.0, "local", {"device": "cpu/Test CPU/threads2"}, {},
                                          (BudgetCheck("latency_fraction", 0.45, 0.437, 0.42, 0.44),)))
     data = study_report_data(study)
@@ -107,6 +107,7 @@ def test_report_shows_a_measured_plan_its_text_and_every_timed_round() -> None:
     section = page.split("Measured on a real machine")[1]
     assert "2.29x measured, 2.25x predicted for hardware local" in section  # 710/310 and 90/40
     assert "and &lt;the&gt; rest" in section and "   \n\n  </pre>" in section  # escaped; blank text stays visible
+    assert section.count("<pre") == 6 and section.index("JULIET.") < section.index("more words")  # a row per prompt
     assert "cpu/Test CPU/threads2" in section and "12%" in section and "19%" in section
     assert "budget latency_fraction &lt;= 0.45</td><td></td><td>measured 0.437 (rounds 0.42-0.44), met" in section
     assert page.index("Measured on a real machine") < page.index("quality (proxy score; lower is better) vs")

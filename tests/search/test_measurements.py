@@ -17,7 +17,7 @@ from dlmsearch.search.storage import open_storage, resolve_pointer, storage_poin
 from dlmsearch.search.validation import budget_checks
 
 CHECK = PlanValidation((700.0, 720.0, 690.0), (300.0, 310.0, 350.0), 0.9, 0.0, 1.2, math.nan, 0.19,
-                       "ROMEO.", "dense text", "plan text")
+                       ("ROMEO.",), ("dense text",), ("plan text",))
 
 
 def test_a_measurement_survives_a_journal_round_trip(tmp_path: Path) -> None:
@@ -31,6 +31,11 @@ def test_a_measurement_survives_a_journal_round_trip(tmp_path: Path) -> None:
     back = again[3]
     assert back.check.dense_ms == 700.0 and back.check.plan_ms == 310.0 and back.check.rounds == 3
     assert back.check.speedup == pytest.approx(700.0 / 310.0) and back.predicted_speedup == pytest.approx(2.25)
+    assert back.check.plan_texts == ("plan text",) and back.check.prompts == ("ROMEO.",)
+    first_release = {**CHECK.to_json(), "prompt": "ROMEO.", "dense_text": "d", "plan_text": "p"}
+    for name in ("prompts", "dense_texts", "plan_texts"):
+        del first_release[name]
+    assert PlanValidation.from_json(first_release).dense_texts == ("d",)  # one text per record then
     assert math.isnan(back.check.collapsed_rows)  # "not measured" stays NaN, not an error
     assert back.machine == {"host": "vm", "threads": "2"} and back.settings == {"draws": 1}
     assert back.budget == measured.budget and back.budget[0].met
