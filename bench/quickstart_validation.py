@@ -6,9 +6,10 @@ Reproduce with::
     .venv/bin/python bench/quickstart_validation.py               # the exported Plan vs the dense one
     .venv/bin/python bench/quickstart_validation.py --quick       # fewer timings, a smaller full evaluator
 
-The exported ``plan.json`` and the dense Plan (the space's most steps, no compression) are applied
-with ``apply_plan_``'s defaults and their ``generate`` calls timed alternately on this CPU
-(:func:`dlmsearch.search.validation.validate_plan`); both are scored by the full evaluator. Figures
+The trial whose Plan is the exported ``plan.json`` is measured as ``dlmsearch measure`` does
+(:func:`dlmsearch.search.validation.measure_trial`): it and the dense Plan (the space's most steps, no
+compression) are applied with ``apply_plan_``'s defaults and their ``generate`` calls timed alternately
+on this CPU; both are scored by the full evaluator. Nothing is stored in the study. Figures
 (``name: value``): ``speedup_measured`` (dense / exported, medians), ``speedup_predicted`` (the same
 from the study's analytic latencies), ``full_score_pick`` and ``full_score_dense``,
 ``distinct4_ratio_pick`` (the Plan's share of distinct 4-grams over the dense model's),
@@ -24,10 +25,9 @@ from pathlib import Path
 import torch
 
 from dlmsearch.evaluators import FullSettings
-from dlmsearch.models.loading import load_model
-from dlmsearch.plan import load_plan, uniform_plan
+from dlmsearch.plan import load_plan
 from dlmsearch.search import open_study
-from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, sample_prompts, validate_plan
+from dlmsearch.search.validation import VALIDATION_FULL, VALIDATION_ROUNDS, measure_trial
 
 QUICK_FULL = FullSettings(infill_windows=8, prompts=4, unconditional=4, draws=1)
 
@@ -42,22 +42,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     study = open_study(run)
-    spec = study.user_attrs["dlmsearch.spec"]
-    exported = load_plan(run / "plan.json")
-    adapter = load_model()
-    dense = uniform_plan(adapter, steps=max(spec["space"]["steps"]), gen_length=spec["generation"]["gen_length"],
-                         block_length=max(spec["space"]["block_lengths"]))
-    prompt_length = spec["generation"]["prompt_length"]
-    check = validate_plan(adapter, exported, dense, sample_prompts(prompt_length), prompt_length,
-                          repeats=3 if args.quick else VALIDATION_ROUNDS,
-                          settings=QUICK_FULL if args.quick else VALIDATION_FULL)
-    trials = study.get_trials(deepcopy=False)
-    predicted = {"dense": next(t for t in trials if t.user_attrs.get("warm_start") and t.values),  # warm start 0
-                 "pick": next(t for t in trials if t.user_attrs.get("plan") == exported.to_dict())}
-    latency = {name: t.user_attrs["metrics"]["latency_ms"] for name, t in predicted.items()}
-    figures = {"pick_trial": float(predicted["pick"].number), "pick_steps": float(exported.sampler.steps),
+    exported = load_plan(run / "plan.json").to_dict()
+    pick = next(t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("plan") == exported)
+    measured = measure_trial(study, pick.number, repeats=3 if args.quick else VALIDATION_ROUNDS,
+                             settings=QUICK_FULL if args.quick else VALIDATION_FULL)
+    check = measured.check
+    figures = {"pick_trial": float(pick.number), "pick_steps": float(exported["sampler"]["steps"]),
                "dense_ms": check.dense_ms, "pick_ms": check.plan_ms, "speedup_measured": check.speedup,
-               "speedup_predicted": latency["dense"] / latency["pick"], "full_score_pick": check.plan_score,
+               "speedup_predicted": measured.predicted_speedup, "full_score_pick": check.plan_score,
                "full_score_dense": check.dense_score, "distinct4_ratio_pick": check.distinct4_ratio,
                "collapsed_rows_pick": check.collapsed_rows, "collapsed_rows_dense": check.dense_collapsed_rows}
     for dense_text, plan_text in zip(check.dense_texts, check.plan_texts, strict=True):

@@ -81,6 +81,11 @@ class _ModuleSnapshot:
             module.__dict__.update(state)
 
 
+def _prunes_units(lp: LayerPlan) -> bool:
+    """Whether ``lp`` removes whole heads or MLP channels (structured pruning that shrinks the matrices)."""
+    return lp.structure in ("heads", "channels") and lp.sparsity > 0
+
+
 def _needs_calibration(plan: Plan, infos: Mapping[str, LinearInfo], reconstruct: bool = True
                        ) -> tuple[set[str], set[str]]:
     """(pruning methods needing statistics, names of the layers that need their input Gram matrix: those
@@ -91,8 +96,8 @@ def _needs_calibration(plan: Plan, infos: Mapping[str, LinearInfo], reconstruct:
     gram = {name for name, lp in plan.layers.items()
             if lp.quant_method == "gptq" and any(b < 16 for b in lp.weight_bits)}
     if reconstruct:
-        gram |= {name for name, lp in plan.layers.items() if infos[name].role in ("o", "down")
-                 and lp.structure in ("heads", "channels") and lp.sparsity > 0 and lp.prune_method != "magnitude"}
+        gram |= {name for name, lp in plan.layers.items()
+                 if infos[name].role in ("o", "down") and _prunes_units(lp) and lp.prune_method != "magnitude"}
     return methods, gram
 
 
@@ -125,7 +130,7 @@ def _structured_pruning(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, Lin
     kept_columns: dict[str, torch.Tensor] = {}
     by_block: dict[tuple[int, str], tuple[float, int]] = {}
     for name, lp in plan.layers.items():
-        if lp.structure in ("heads", "channels") and lp.sparsity > 0:
+        if _prunes_units(lp):
             info = infos[name]
             if info.role in ("o", "down"):
                 group = lp.group_size if any(b < 16 for b in lp.weight_bits) else 0
@@ -226,7 +231,7 @@ def _structure_stats(by_method: Mapping[str, dict[str, LinearInputStats] | None]
                      ) -> dict[str, LinearInputStats] | None:
     """Statistics for structured scores: the method named by the structured layers, if it has any."""
     for lp in plan.layers.values():
-        if lp.structure in ("heads", "channels") and lp.sparsity > 0:
+        if _prunes_units(lp):
             return by_method.get(lp.prune_method)
     return None
 

@@ -90,8 +90,8 @@ def sample_prompts(prompt_length: int, count: int = SAMPLE_PROMPTS) -> list[str]
 def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_ROUNDS,
                   settings: FullSettings = VALIDATION_FULL, adapter: DLMAdapter | None = None) -> Measurement:
     """Trial ``number``'s Plan measured on this machine beside the study's dense Plan (the space's most
-    steps, nothing compressed), with the study's first held-out prompt; its full-evaluator score is the
-    front verification's where that used ``settings``. ``adapter``: the study's model, already loaded
+    steps, nothing compressed), with :func:`sample_prompts`; its full-evaluator score is the front
+    verification's where that used ``settings``. ``adapter``: the study's model, already loaded
     (default: loaded from the spec)."""
     from dlmsearch.models.loading import load_model
     from dlmsearch.search.runner import environment
@@ -105,13 +105,13 @@ def measure_trial(study: optuna.Study, number: int, repeats: int = VALIDATION_RO
     scored = None
     if verified is not None and FullSettings(**verified.settings) == settings:
         scored = QualityResult(verified.quality, verified.metrics, "full")
+    plan = plan_of(trial)
     prompts = sample_prompts(spec.generation.prompt_length)
-    check = validate_plan(adapter, plan_of(trial), dense, prompts, spec.generation.prompt_length, repeats,
+    check = validate_plan(adapter, plan, dense, prompts, spec.generation.prompt_length, repeats,
                           settings=settings, scored=scored)
     machine = {k: v for k, v in environment().items() if k in ("host", "device", "threads", "torch")}
     overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
                  if getattr(settings, f.name) != f.default}
-    plan = plan_of(trial)
     budget = budget_checks(spec.budget, check, plan.sampler.steps) if spec.hardware == "local" else ()
     return Measurement(number, check, float(trial.user_attrs[METRICS_ATTR]["latency_ms"]),
                        float(study.user_attrs[REFERENCE_ATTR]["latency_ms"]) / REFERENCE_MARGIN,
