@@ -28,7 +28,13 @@ from tqdm import tqdm
 
 from dlmsearch.compress.calibration import CalibrationSet, LinearInputStats, collect_input_statistics
 from dlmsearch.compress.plan_fit import check_plan_fits
-from dlmsearch.compress.prune import keep_mask, pruning_scores, pruning_statistics
+from dlmsearch.compress.prune import (
+    keep_mask,
+    pruning_scores,
+    pruning_statistics,
+    row_ranks,
+    unstructured_keep_mask,
+)
 from dlmsearch.compress.quantized_linear import QuantConfig, QuantizedLinear
 from dlmsearch.compress.structured import (
     channel_scores,
@@ -42,6 +48,10 @@ from dlmsearch.models.adapters import DLMAdapter, LinearInfo
 from dlmsearch.plan import LayerPlan, Plan
 
 logger = logging.getLogger("dlmsearch.compress.apply")
+
+#: Memory the pruning ranks of dense weights may keep (:meth:`CalibrationStatistics.ranks`): the embedded
+#: model's three methods take about 46 MiB; a multi-billion-parameter model keeps its first layers only.
+RANK_CACHE_BYTES = 256 * 2**20
 
 #: Module attributes that structured pruning rewrites (recorded so a saved model reloads).
 SHAPE_ATTRIBUTES: tuple[str, ...] = ("num_heads", "num_key_value_heads", "intermediate_size")
@@ -157,11 +167,15 @@ def _structured_pruning(adapter: DLMAdapter, plan: Plan, infos: Mapping[str, Lin
     return kept_columns
 
 
-def _pruned_weight(linear: nn.Linear, lp: LayerPlan, stats: LinearInputStats | None) -> torch.Tensor:
+def _pruned_weight(name: str, linear: nn.Linear, lp: LayerPlan, statistics: CalibrationStatistics) -> torch.Tensor:
     weight = linear.weight.detach()
     if lp.sparsity == 0 or lp.structure not in ("unstructured", "2:4"):
         return weight
-    mask = keep_mask(pruning_scores(weight, lp.prune_method, stats), lp.sparsity, lp.structure)
+    stats = (statistics.by_method.get(lp.prune_method) or {}).get(name)
+    if lp.structure == "unstructured":
+        mask = unstructured_keep_mask(statistics.ranks(name, weight, lp.prune_method, stats), lp.sparsity)
+    else:
+        mask = keep_mask(pruning_scores(weight, lp.prune_method, stats), lp.sparsity, lp.structure)
     return weight * mask.to(weight.dtype)
 
 
@@ -196,6 +210,8 @@ class CalibrationStatistics:
 
     by_method: dict[str, dict[str, LinearInputStats] | None] = field(default_factory=dict)
     hessians: dict[str, LinearInputStats] = field(default_factory=dict)
+    #: Row ranks of dense weights' pruning scores by (layer, method), with the weight they rank.
+    _ranks: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def compute(cls, adapter: DLMAdapter, calibration: CalibrationSet, methods: Iterable[str] = (),
@@ -208,6 +224,20 @@ class CalibrationStatistics:
         hessians = (collect_input_statistics(adapter, calibration, hessian=True, names=layers, progress=progress)
                     if layers else {})
         return cls(by_method, hessians)
+
+    def ranks(self, name: str, weight: torch.Tensor, method: str, stats: LinearInputStats | None) -> torch.Tensor:
+        """:func:`~dlmsearch.compress.prune.row_ranks` of ``weight``'s ``method`` scores, kept per layer
+        while the kept ranks and weights stay under :data:`RANK_CACHE_BYTES`: an evaluator prunes the same
+        dense weights at many sparsities, and the sort is most of a Plan's compression. A weight that
+        differs from the one ranked (sliced by structured pruning, or another model) is ranked afresh."""
+        kept = self._ranks.get((name, method))
+        if kept is not None and kept[1].shape == weight.shape and torch.equal(kept[1], weight):
+            return kept[0]
+        ranks = row_ranks(pruning_scores(weight, method, stats))
+        used = sum(r.nbytes + w.nbytes for r, w in self._ranks.values())
+        if kept is None and used + ranks.nbytes + weight.nbytes <= RANK_CACHE_BYTES:
+            self._ranks[(name, method)] = (ranks, weight.clone())
+        return ranks
 
     def covers(self, plan: Plan, infos: Mapping[str, LinearInfo], reconstruct: bool = True) -> bool:
         """True when nothing ``plan`` needs is missing (``infos``: the model's linears by name)."""
@@ -281,9 +311,9 @@ def apply_plan_(adapter: DLMAdapter, plan: Plan, calibration: CalibrationSet | N
                                  disable=None if progress else True):
                 linear = adapter.get_module(name)
                 assert isinstance(linear, nn.Linear)
-                stats = (by_method.get(lp.prune_method) or {}).get(name)
                 hessian = _layer_hessian(hessian_stats.get(name), kept_columns.get(name))
-                module = _replacement(linear, _pruned_weight(linear, lp, stats), lp, plan, hessian, use_kernels)
+                module = _replacement(linear, _pruned_weight(name, linear, lp, stats_all), lp, plan, hessian,
+                                      use_kernels)
                 if module is not None:
                     replacements[name] = module
         for name, module in replacements.items():

@@ -84,13 +84,29 @@ def keep_mask(scores: torch.Tensor, sparsity: float, structure: str = "unstructu
     if structure != "unstructured":
         raise ValueError(f"structure {structure!r} is not a weight structure; allowed: {', '.join(WEIGHT_STRUCTURES)} "
                          "(heads and channels: dlmsearch.compress.structured)")
+    return unstructured_keep_mask(row_ranks(scores), sparsity)
+
+
+def row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every score within its row (out, in): 0 for the lowest, ties by position (stable sort).
+
+    The ranks hold every unstructured sparsity's mask at once (:func:`unstructured_keep_mask`), so an
+    evaluator that prunes one dense weight at many sparsities sorts it once. Int16 where the rows are
+    short enough (half the memory of the scores), else int32.
+    """
+    cols = scores.shape[1]
+    dtype = torch.int16 if cols <= torch.iinfo(torch.int16).max else torch.int32
+    order = torch.sort(scores, dim=1, stable=True).indices
+    positions = torch.arange(cols, dtype=dtype, device=scores.device).expand_as(order)
+    return torch.empty_like(order, dtype=dtype).scatter_(1, order, positions)
+
+
+def unstructured_keep_mask(ranks: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The unstructured keep-mask of ``sparsity`` from :func:`row_ranks`: drops the ``round(sparsity * in)``
+    lowest-ranked weights of every row."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity={sparsity}: must be in [0, 1)")
-    n_prune = round(sparsity * cols)
-    order = torch.sort(scores, dim=1, stable=True).indices
-    kept = torch.ones_like(scores, dtype=torch.bool)
-    kept.scatter_(1, order[:, :n_prune], False)
-    return kept
+    return ranks >= round(sparsity * ranks.shape[1])
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ class PlanCompressor:
         self._calibration_sequences = calibration_sequences
         self._seed = seed
         self._statistics: CalibrationStatistics | None = None
+        self._without_calibration = CalibrationStatistics()  # magnitude pruning's ranks, for Plans needing no data
 
     def statistics(self) -> CalibrationStatistics:
         """Calibration statistics of the dense model for every pruning method and GPTQ."""
@@ -52,8 +53,8 @@ class PlanCompressor:
         model = copy.deepcopy(self.dense)
         needs_stats = any((lp.sparsity > 0 and lp.prune_method != "magnitude") or lp.quant_method == "gptq"
                           for lp in plan.layers.values())
-        apply_plan_(model, plan, statistics=self.statistics() if needs_stats else None, use_kernels=False,
-                    progress=False)
+        statistics = self.statistics() if needs_stats else self._without_calibration
+        apply_plan_(model, plan, statistics=statistics, use_kernels=False, progress=False)
         if self.keep_last:
             self._last = (plan, model)
         return model

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from dlmsearch.compress import CalibrationSet, QuantizedLinear, apply_plan_, save_compressed
+from dlmsearch.compress import CalibrationSet, CalibrationStatistics, QuantizedLinear, apply_plan_, save_compressed
 from dlmsearch.compress import apply as apply_module
 from dlmsearch.evaluators.plan_compressor import PlanCompressor
 from dlmsearch.models.adapters import DLMAdapter
@@ -78,6 +78,38 @@ def test_unstructured_sparsity_is_applied_per_layer() -> None:
     for info in adapter.linears():
         weight = adapter.get_module(info.name).weight
         assert (weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_statistics_rank_each_dense_weight_once_and_rerank_a_changed_one() -> None:
+    adapter = _model()
+    statistics = CalibrationStatistics()
+    name = "model.layers.0.mlp.up_proj"
+    weight = adapter.get_module(name).weight.detach()
+    ranks = statistics.ranks(name, weight, "magnitude", None)
+    assert statistics.ranks(name, weight.clone(), "magnitude", None) is ranks  # an equal copy: kept ranks
+    changed = weight.clone()
+    changed[0, 0] = 100.0
+    reranked = statistics.ranks(name, changed, "magnitude", None)
+    assert reranked[0, 0] == weight.shape[1] - 1 and ranks[0, 0] != reranked[0, 0]
+    sliced = weight[:8]
+    assert torch.equal(statistics.ranks(name, sliced, "magnitude", None), ranks[:8])
+
+
+def test_compressing_plans_with_shared_statistics_equals_compressing_each_afresh() -> None:
+    dense = _model()
+    compressor = PlanCompressor(dense, calibration=_calibration(dense), keep_last=False)
+    plans = [uniform_plan(dense, weight_bits=bits, sparsity=sparsity, prune_method=method)
+             for bits, sparsity, method in ((4, 0.5, "wanda"), (8, 0.3, "wanda"), (16, 0.3, "magnitude"),
+                                            (4, 0.5, "sink_wanda"), (16, 0.5, "magnitude"))]
+    plans.append(_mixed_plan(dense))
+    for plan in plans + plans:  # the second pass reads every rank from the statistics
+        shared = compressor.compressed(plan)
+        alone = copy.deepcopy(dense)
+        apply_plan_(alone, plan, _calibration(dense), use_kernels=False, progress=False)
+        ids = torch.randint(0, 60, (2, 24), generator=torch.Generator().manual_seed(1))
+        assert torch.equal(_logits(shared, ids), _logits(alone, ids))
+        for name, param in alone.model.state_dict().items():
+            assert torch.equal(shared.model.state_dict()[name], param), name
 
 
 def test_invalid_plan_leaves_model_untouched() -> None:

@@ -13,6 +13,8 @@ from dlmsearch.compress.prune import (
     prune_linear_,
     pruning_scores,
     pruning_statistics,
+    row_ranks,
+    unstructured_keep_mask,
 )
 from dlmsearch.models.adapters import DLMAdapter
 from tests.compress.test_sinks import build_sink_model, sink_calibration
@@ -114,3 +116,23 @@ def test_sink_wanda_differs_from_wanda_with_a_sink() -> None:
     differing = [name for name in wanda if not torch.equal(wanda[name], sink[name])]
     assert any(".mlp.up_proj" in name for name in differing)
     assert any(".self_attn.v_proj" in name for name in differing)
+
+
+def _sorted_keep_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The unstructured mask by the definition: a stable sort of each row, its lowest scores dropped."""
+    order = torch.sort(scores, dim=1, stable=True).indices
+    kept = torch.ones_like(scores, dtype=torch.bool)
+    kept.scatter_(1, order[:, :round(sparsity * scores.shape[1])], False)
+    return kept
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.9])
+def test_ranks_give_the_stable_sorts_mask_ties_included(sparsity: float) -> None:
+    scores = torch.randint(0, 4, (16, 40), generator=torch.Generator().manual_seed(3)).float()  # many ties
+    ranks = row_ranks(scores)
+    assert ranks.dtype == torch.int16
+    assert torch.equal(torch.sort(ranks.long(), dim=1).values, torch.arange(40).expand(16, 40))
+    assert torch.equal(unstructured_keep_mask(ranks, sparsity), _sorted_keep_mask(scores, sparsity))
+    assert torch.equal(keep_mask(scores, sparsity), _sorted_keep_mask(scores, sparsity))
+    with pytest.raises(ValueError, match="sparsity=1.0"):
+        unstructured_keep_mask(ranks, 1.0)
