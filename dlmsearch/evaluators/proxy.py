@@ -78,7 +78,8 @@ STEP_COST_WINDOW_PHASE = 0.25
 class ProxySettings:
     """What the proxy measures on, and the weights of its terms.
 
-    Every field but the weights (``*_weight``, which change no measurement) enters the reference cache key.
+    Every field but the weights (``*_weight``, which change no measurement) and ``free_max_steps`` (the
+    capped rows' dense generations are keyed by their own sampler) enters the reference cache key.
     """
 
     windows: int = 8  # held-out windows (of the Plan's generation length) of the masked KL at full fidelity
@@ -98,6 +99,7 @@ class ProxySettings:
     low_fidelity_free_weight: float = 1 / 12  # weight of the low fidelity's free gap
     step_diversity_weight: float = 1 / 4  # weight of the dense prompted rows' diversity shortfall (both fidelities)
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: no free gap at full fidelity)
+    free_max_steps: int = 0  # most steps of those rows at full fidelity (0: the Plan's, however many)
     infill_windows: int = 0  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
     infill_spans: int = 1  # spans per infill window
@@ -117,7 +119,8 @@ class ProxySettings:
 
     def measurement(self) -> dict[str, object]:
         """The fields that change what is measured (all but the weights): the reference cache key's."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if not name.endswith("_weight")}
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if not name.endswith("_weight") and name != "free_max_steps"}
 
 
 class ProxyEvaluator(BaseEvaluator):

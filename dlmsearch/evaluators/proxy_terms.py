@@ -109,23 +109,28 @@ class FreeGap(ProxyTerm):
     """What compression does to free text: the dense model's NELBO of the compressed model's free rows
     (temperature 1) minus that of the dense model's own free rows under the same seed and steps.
 
-    At full fidelity the rows run the Plan's sampler and are compared with the dense model at the
-    Plan's own steps (the step count's cost is the step terms'); at low fidelity they run
-    ``low_fidelity_free_steps`` steps whatever the Plan's (:meth:`sampler`)."""
+    At full fidelity the rows run the Plan's sampler, at most ``free_max_steps`` steps, and are
+    compared with the dense model at those steps (the step count's cost is the step terms'); at low
+    fidelity they run ``low_fidelity_free_steps`` steps whatever the Plan's (:meth:`sampler`)."""
 
     def __init__(self, settings: ProxySettings, fidelity: str) -> None:
         self.low = check_fidelity(fidelity) == "low"
         self.rows = settings.low_fidelity_free_rows if self.low else settings.unconditional_rows
         self.fixed_steps = settings.low_fidelity_free_steps if self.low else 0
+        self.max_steps = 0 if self.low else settings.free_max_steps
         self.weight = "low_fidelity_free_weight" if self.low else "free_gap_weight"
 
     def sampler(self, sampler: SamplerSettings) -> SamplerSettings:
-        """``sampler`` with the free rows' steps: the fixed step count where there is one (at most one
-        token per step and a multiple of the number of blocks), else the Plan's own."""
-        if self.fixed_steps <= 0:
+        """``sampler`` with the free rows' steps: the fixed step count where there is one, else the Plan's
+        own capped at ``max_steps`` where there is a cap; always at most one token per step and a
+        multiple of the number of blocks."""
+        steps = self.fixed_steps if self.fixed_steps > 0 else sampler.steps
+        if self.max_steps > 0:
+            steps = min(steps, self.max_steps)
+        if steps == sampler.steps:
             return sampler
         blocks = sampler.gen_length // sampler.block_length
-        steps = max(blocks, min(self.fixed_steps, sampler.gen_length) // blocks * blocks)
+        steps = max(blocks, min(steps, sampler.gen_length) // blocks * blocks)
         return dataclasses.replace(sampler, steps=steps)
 
     @torch.no_grad()

@@ -266,6 +266,20 @@ def test_low_fidelity_free_rows_use_a_fixed_step_count() -> None:
     assert plans_own.evaluate(plan, "low").metrics["free_steps"] == 2.0
 
 
+def test_full_fidelity_free_rows_run_the_plans_steps_up_to_the_cap() -> None:
+    adapter = tiny_model()
+    capped = FreeGap(dataclasses.replace(SETTINGS, free_max_steps=4), "full")
+    two_blocks = uniform_plan(adapter, gen_length=8, block_length=4, steps=8).sampler
+    assert capped.sampler(two_blocks).steps == 4
+    assert capped.sampler(dataclasses.replace(two_blocks, steps=2)).steps == 2  # under the cap: the Plan's
+    assert FreeGap(dataclasses.replace(SETTINGS, free_max_steps=3), "full").sampler(two_blocks).steps == 2  # blocks
+    low = FreeGap(dataclasses.replace(SETTINGS, free_max_steps=4, low_fidelity_free_steps=6), "low")
+    assert low.sampler(two_blocks).steps == 6  # the cap is the full fidelity's
+    assert "free_max_steps" not in SETTINGS.measurement()  # no dense reference depends on it
+    evaluator = _evaluator(adapter, dataclasses.replace(SETTINGS, free_max_steps=2))
+    assert evaluator.evaluate(_plan(adapter, weight_bits=2, steps=8)).metrics["free_steps"] == 2.0
+
+
 def test_the_masked_token_nelbo_gap_is_the_log_likelihood_lost_on_the_held_out_characters() -> None:
     adapter = tiny_model()
     evaluator = _evaluator(adapter)
