@@ -211,7 +211,8 @@ class CalibrationStatistics:
     by_method: dict[str, dict[str, LinearInputStats] | None] = field(default_factory=dict)
     hessians: dict[str, LinearInputStats] = field(default_factory=dict)
     #: Row ranks of dense weights' pruning scores by (layer, method), with the weight they rank.
-    _ranks: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _ranks: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
+                                                                           compare=False)
 
     @classmethod
     def compute(cls, adapter: DLMAdapter, calibration: CalibrationSet, methods: Iterable[str] = (),

@@ -13,7 +13,8 @@ class PlanCompressor:
     """Applies Plans to copies of ``dense``; the dense model itself is never changed.
 
     Statistics for every pruning method and GPTQ are computed once, on first need, from
-    ``calibration`` (default: ``calibration_sequences`` windows of the calibration plays).
+    ``calibration`` (default: ``calibration_sequences`` windows of the calibration plays), and each
+    dense weight's pruning order is sorted once (:meth:`CalibrationStatistics.ranks`).
     Quantized layers simulate (dequantize-then-matmul): evaluators measure quality, not speed.
     The last compressed copy is kept (``keep_last``), so that scoring one Plan at both fidelities,
     or with several evaluators sharing this compressor, compresses it once; callers must not
