@@ -109,10 +109,13 @@ def random_plan(adapter: DLMAdapter, rng: random.Random, space: str = "default")
     return Plan(ModelRef(adapter.name, adapter.shape.fingerprint), sampler, (0.5,), "nested", layers)
 
 
-def evaluators(adapter: DLMAdapter, quick: bool) -> tuple[ProxyEvaluator, FullEvaluator]:
-    """The proxy and the full evaluator, sharing one compressor (calibration statistics once, and the
-    last compressed copy is reused when both score the same Plan)."""
-    proxy = ProxyEvaluator(adapter, QUICK_PROXY if quick else None)
+def evaluators(adapter: DLMAdapter, quick: bool, proxy_changes: list[str] | None = None
+               ) -> tuple[ProxyEvaluator, FullEvaluator]:
+    """The proxy (with ``proxy_changes``: ``KEY=VALUE`` ProxySettings) and the full evaluator, sharing one
+    compressor (calibration statistics once, and the last compressed copy is reused when both score the
+    same Plan)."""
+    proxy = ProxyEvaluator(adapter, settings_with(ProxySettings, proxy_changes or [],
+                                                  QUICK_PROXY if quick else ProxySettings()))
     full = FullEvaluator(adapter, QUICK_FULL if quick else None)
     full.compressor = proxy.compressor
     return proxy, full

@@ -6,6 +6,7 @@ Reproduce with::
     .venv/bin/python bench/proxy_speed.py --quick    # 3 Plans, smaller evaluators
     .venv/bin/python bench/proxy_speed.py --threads 1  # one torch thread (default: torch's, all cores)
     .venv/bin/python bench/proxy_speed.py --model runs/wide --skip-full   # another model, the proxy only
+    .venv/bin/python bench/proxy_speed.py --skip-full --set free_max_steps=16   # a proxy variant (ProxySettings)
 
 The Plans come from ``bench/proxy_fidelity.py``'s random sampler (``--seed``). The evaluators
 share one compressor, whose kept copy is cleared before every timed call, so every time includes
@@ -44,12 +45,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--model", default=None, help="embedded model name or local folder (default: the embedded one)")
     parser.add_argument("--skip-full", action="store_true", help="time the proxy's two fidelities only")
+    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="time the proxy with these ProxySettings changed (e.g. free_max_steps=16)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     adapter = load_model(args.model) if args.model else load_model()
     start = time.perf_counter()
-    proxy, full = evaluators(adapter, args.quick)
+    proxy, full = evaluators(adapter, args.quick, args.set)
     construct = time.perf_counter() - start
     rng = random.Random(args.seed)
     plans = [random_plan(adapter, rng) for _ in range(args.plans or (3 if args.quick else 10))]
