@@ -558,7 +558,7 @@ def measure_profile(shape: ModelShape, linears: Sequence[LinearInfo], *,
     probe = _BlockProbe(shape, max(token_counts), device)
 
     samples: list[Sample] = []
-    with tqdm(total=len(token_counts), desc="profile", unit="size", disable=not progress) as bar:
+    with tqdm(total=len(token_counts), desc="profile", unit="size", disable=not progress or None) as bar:
         for tokens in token_counts:
             inputs = {(k, dtype): torch.randn(tokens, k, device=device, dtype=dtype)
                       for k in widths for dtype in (torch.float32, torch.bfloat16)}
