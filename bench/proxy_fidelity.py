@@ -109,14 +109,17 @@ def random_plan(adapter: DLMAdapter, rng: random.Random, space: str = "default")
     return Plan(ModelRef(adapter.name, adapter.shape.fingerprint), sampler, (0.5,), "nested", layers)
 
 
-def evaluators(adapter: DLMAdapter, quick: bool, proxy_changes: list[str] | None = None
+def evaluators(adapter: DLMAdapter, quick: bool, proxy_changes: list[str] | None = None, full_draws: int = 0
                ) -> tuple[ProxyEvaluator, FullEvaluator]:
-    """The proxy (with ``proxy_changes``: ``KEY=VALUE`` ProxySettings) and the full evaluator, sharing one
-    compressor (calibration statistics once, and the last compressed copy is reused when both score the
-    same Plan)."""
+    """The proxy (with ``proxy_changes``: ``KEY=VALUE`` ProxySettings) and the full evaluator (of
+    ``full_draws`` draws where > 0, else its default), sharing one compressor (calibration statistics
+    once, and the last compressed copy is reused when both score the same Plan)."""
     proxy = ProxyEvaluator(adapter, settings_with(ProxySettings, proxy_changes or [],
                                                   QUICK_PROXY if quick else ProxySettings()))
-    full = FullEvaluator(adapter, QUICK_FULL if quick else None)
+    full_settings = QUICK_FULL if quick else FullSettings()
+    if full_draws > 0:
+        full_settings = dataclasses.replace(full_settings, draws=full_draws)
+    full = FullEvaluator(adapter, full_settings)
     full.compressor = proxy.compressor
     return proxy, full
 
@@ -367,6 +370,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         metavar=("TRAJECTORY", "FREE", "INFILL", "DENSE_STEP", "STEP_DIVERSITY", "STEP_COST"),
                         default=None,
                         help="with --weights: other weights for the low fidelity (default: the same)")
+    parser.add_argument("--full-draws", type=int, default=0, metavar="N",
+                        help="draws of the full evaluator scoring the Plans (default: its own, 4; quick 1); fewer "
+                             "make a cheaper, noisier judge, e.g. for tuning sets")
     parser.add_argument("--extra-draws", type=int, default=0, metavar="N",
                         help="with --from-dump: score the dump's Plans by one more full evaluator of N draws under "
                              "unused seeds, against the mean of the dumped draws (self-agreement of an N-draw judge)")
@@ -409,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     figures = {}
     for space in spaces:
         n_plans = args.plans or (6 if args.quick else 40)
-        rows, timing = score_plans(space, args.seed, n_plans, args.quick, args.dump, not args.no_repeat)
+        rows, timing = score_plans(space, args.seed, n_plans, args.quick, args.dump, not args.no_repeat,
+                                   args.full_draws)
         label = SPACE_LABELS[space]
         space_figures = {"plans": float(n_plans), "seed": float(args.seed), **correlations(rows),
                          "seconds_per_plan_proxy": timing["proxy"] / n_plans,
@@ -425,13 +432,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return figures
 
 
-def score_plans(space: str, seed: int, n_plans: int, quick: bool, dump: Path | None, repeat_full: bool = True
-                ) -> tuple[list[dict[str, float]], dict[str, float]]:
+def score_plans(space: str, seed: int, n_plans: int, quick: bool, dump: Path | None, repeat_full: bool = True,
+                full_draws: int = 0) -> tuple[list[dict[str, float]], dict[str, float]]:
     """``n_plans`` random Plans of ``space`` scored by the proxy (both fidelities), by two independent full
     evaluators (``full`` and, with ``repeat_full``, ``full_repeat``: the package's, under seeds that share
     no draw) and by plain masked NELBO; every metric per Plan, and the seconds each evaluator took in all."""
     adapter = load_model()
-    proxy, full = evaluators(adapter, quick)
+    proxy, full = evaluators(adapter, quick, full_draws=full_draws)
     repeat = FullEvaluator(adapter, dataclasses.replace(full.settings, seed=full.settings.seed + full.settings.draws))
     repeat.compressor = proxy.compressor
     windows = eval_windows(adapter.encode(load_split("evaluation")), 128, 16 if quick else 64)

@@ -288,10 +288,13 @@ class FullEvaluator(BaseEvaluator):
     def _dense_reference(self, sampler: SamplerSettings, fidelity: str, draw: int) -> _Measured:
         """The dense model with ``sampler`` for this draw: measured once per sampler, fidelity and draw, and
         kept on disk (``$DLMSEARCH_CACHE/full_dense_references``, keyed by the model's weights, the settings
-        and the held-out text), so a later evaluator of the same model does not measure it again."""
+        and the held-out text), so a later evaluator of the same model does not measure it again. The number
+        of draws is not in the key: a draw's reference depends on its own seeds only, so a one-draw
+        evaluator (front verification, ``dlmsearch measure``) reuses the first draw of a four-draw one."""
         key = (sampler, fidelity, draw)
         if key not in self._dense_cache:
-            spec = {**dataclasses.asdict(self.settings), "sampler": dataclasses.asdict(sampler), "fidelity": fidelity,
+            settings = {name: value for name, value in dataclasses.asdict(self.settings).items() if name != "draws"}
+            spec = {**settings, "sampler": dataclasses.asdict(sampler), "fidelity": fidelity,
                     "draw": draw, "text": self._text_digest, "version": DENSE_CACHE_VERSION}
             stored = cached_tensors("full_dense_references", cache_key(self._model_digest(), spec),
                                     lambda: self._measure(self.dense, sampler, fidelity, draw).to_tensors())

@@ -188,6 +188,18 @@ def test_dense_references_are_kept_on_disk_for_the_next_evaluator(tmp_path: Path
     measured.clear()
     other.evaluate(plan)
     assert any(model is other.dense for model in measured)
+    two_draws = FullEvaluator(adapter, dataclasses.replace(second.settings, draws=2), text_ids=ids, calibration=calib)
+    dense_draws: list[object] = []
+    real_two = two_draws._measure
+
+    def counting_draws(model: DLMAdapter, sampler: object, fidelity: object, draw: int) -> object:
+        if model is two_draws.dense:
+            dense_draws.append(draw)
+        return real_two(model, sampler, fidelity, draw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(two_draws, "_measure", counting_draws)
+    two_draws.evaluate(plan)
+    assert dense_draws and set(dense_draws) == {1}  # draw 0's dense references are the one-draw evaluator's
 
 
 def test_rows_collapsing_beyond_the_reference_cost_what_their_likely_text_saves() -> None:
