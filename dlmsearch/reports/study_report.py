@@ -267,8 +267,11 @@ def verification_figure(data: FrontData) -> Any | None:
     go = _plotly()
     agreement = data.proxy_agreement()
     rank = f"Spearman {agreement:.2f}" if agreement is not None else "too few distinct Plans for a rank correlation"
+    by_proxy = sorted(range(len(points)), key=lambda i: points[i].values["quality"])
+    above = {i: rank % 2 == 0 for rank, i in enumerate(by_proxy)}  # neighbours' labels on opposite sides
     fig = go.Figure(go.Scatter(x=[p.values["quality"] for p in points], y=[p.verified_quality for p in points],
-                               mode="markers+text", text=[str(p.number) for p in points], textposition="top center",
+                               mode="markers+text", text=[str(p.number) for p in points],
+                               textposition=["top center" if above[i] else "bottom center" for i in range(len(points))],
                                hovertext=_hover(points), hoverinfo="text", marker={"color": "#d62728", "size": 9}))
     fig.update_layout(title=f"front verification: proxy vs full evaluator, {len(points)} front Plans ({rank})",
                       xaxis_title="proxy quality (the search's score)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,9 @@ def hand_built(last_metrics: dict[str, float] | None = None) -> optuna.Study:
     """Three trials: a feasible front of two (0 and 2) and one over the latency budget (1); the last one
     with ``last_metrics`` as its evaluator's metrics."""
     study = optuna.create_study(directions=["minimize", "minimize"])
-    study.set_metric_names(["quality", "latency_ms"])
+    with warnings.catch_warnings():  # experimental in optuna; the search names its objectives the same way
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["quality", "latency_ms"])
     study.set_user_attr(LIMITS_ATTR, {"latency_ms": 100.0})
     study.set_user_attr(REFERENCE_ATTR, {"quality": 1.0, "latency_ms": 200.0})
     base = uniform_plan(ADAPTER, timestep_groups=2, weight_bits=8)
