@@ -232,7 +232,8 @@ class CalibrationStatistics:
         dense weights at many sparsities, and the sort is most of a Plan's compression. A weight that
         differs from the one ranked (sliced by structured pruning, or another model) is ranked afresh."""
         kept = self._ranks.get((name, method))
-        if kept is not None and kept[1].shape == weight.shape and torch.equal(kept[1], weight):
+        if (kept is not None and kept[1].shape == weight.shape and kept[1].device == weight.device
+                and torch.equal(kept[1], weight)):
             return kept[0]
         ranks = row_ranks(pruning_scores(weight, method, stats))
         used = sum(r.nbytes + w.nbytes for r, w in self._ranks.values())
