@@ -51,10 +51,10 @@ EVALUATOR_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(ProxySettings
                                             if f.name not in ("split", "batch_size"))
 #: Those of them that are term weights (any number >= 0); the others are counts or seeds.
 _WEIGHT_SETTINGS = tuple(f.name for f in fields(ProxySettings) if isinstance(f.default, float))
-#: Evaluator settings that may be 0 (a term switched off, or seed 0).
+#: Evaluator settings that may be 0 (a term switched off, no cap, or seed 0).
 _ZERO_OK_SETTINGS = ("seed", "unconditional_rows", "low_fidelity_prompts", "low_fidelity_free_rows",
                      "low_fidelity_free_steps", "low_fidelity_infill_windows", "trajectory_prompts", "infill_windows",
-                     "infill_window_length")
+                     "infill_window_length", "free_max_steps")
 
 
 class StudySpecError(ValueError):
