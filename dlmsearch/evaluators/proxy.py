@@ -18,9 +18,11 @@ per token and shares of characters, lower is better, exactly 0 for the dense Pla
   where accuracy does not (Dutta et al. 2024, arXiv 2407.09141); masked states drawn across timesteps
   with fixed seeds keep LLaDA's Monte-Carlo estimate steady.
 - ``free_gap``: the dense model's masked-diffusion NELBO (MDLM, Sahoo et al. 2024, arXiv 2406.07524)
-  of ``unconditional_rows`` free generations of the compressed model with the Plan's sampler, minus
-  that of the dense model's own free generations with the same steps and seed: what compression does
-  to generated text, which perplexity-like terms miss for pruning (LLM-KICK, arXiv 2310.01382).
+  of ``unconditional_rows`` free generations of the compressed model with the Plan's sampler (at most
+  ``free_max_steps`` steps), minus that of the dense model's own free generations with the same steps
+  and seed: what compression does to generated text, which perplexity-like terms miss for pruning
+  (LLM-KICK, arXiv 2310.01382). The cap bounds the proxy's cost (these rows are most of it); what more
+  steps cost is the step terms' business, and the cap ranked as well as none (bench/RESULTS.md).
 - ``steps_unconditional_gap``, ``steps_prompted_diversity_gap``, ``step_cost``: what the Plan's step
   count costs the dense model itself (its free rows' NELBO, its greedy prompted rows' share of
   distinct 4-grams, and the full evaluator's step part,
@@ -99,7 +101,7 @@ class ProxySettings:
     low_fidelity_free_weight: float = 1 / 12  # weight of the low fidelity's free gap
     step_diversity_weight: float = 1 / 4  # weight of the dense prompted rows' diversity shortfall (both fidelities)
     unconditional_rows: int = 4  # sampled free rows of the compressed model (0: no free gap at full fidelity)
-    free_max_steps: int = 0  # most steps of those rows at full fidelity (0: the Plan's, however many)
+    free_max_steps: int = 16  # most steps of those rows at full fidelity (0: the Plan's, however many)
     infill_windows: int = 0  # windows whose spans the compressed model fills (0: no infill term)
     infill_span: int = 6
     infill_spans: int = 1  # spans per infill window

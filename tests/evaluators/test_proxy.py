@@ -273,6 +273,8 @@ def test_full_fidelity_free_rows_run_the_plans_steps_up_to_the_cap() -> None:
     assert capped.sampler(two_blocks).steps == 4
     assert capped.sampler(dataclasses.replace(two_blocks, steps=2)).steps == 2  # under the cap: the Plan's
     assert FreeGap(dataclasses.replace(SETTINGS, free_max_steps=3), "full").sampler(two_blocks).steps == 2  # blocks
+    one_per_token = uniform_plan(adapter, gen_length=32, block_length=16, steps=32).sampler
+    assert FreeGap(ProxySettings(), "full").sampler(one_per_token).steps == 16  # the default cap
     low = FreeGap(dataclasses.replace(SETTINGS, free_max_steps=4, low_fidelity_free_steps=6), "low")
     assert low.sampler(two_blocks).steps == 6  # the cap is the full fidelity's
     assert "free_max_steps" not in SETTINGS.measurement()  # no dense reference depends on it

@@ -119,10 +119,10 @@ def test_every_evaluator_setting_reaches_the_proxy() -> None:
             spec_from_dict({"study": "s", "evaluator": {"settings": {key: ProxySettings().batch_size}}})
     spec = spec_from_dict({"study": "s", "evaluator": {"settings": {
         "nelbo_repeats": 4, "step_nelbo_repeats": 32, "dense_step_weight": 0.25, "step_diversity_weight": 0,
-        "low_fidelity_free_steps": 0, "free_max_steps": 16}}})
+        "low_fidelity_free_steps": 0, "free_max_steps": 32}}})
     settings = ProxySettings(**dict(spec.evaluator.settings))
     assert (settings.nelbo_repeats, settings.step_nelbo_repeats, settings.dense_step_weight) == (4, 32, 0.25)
-    assert (settings.step_diversity_weight, settings.low_fidelity_free_steps, settings.free_max_steps) == (0, 0, 16)
+    assert (settings.step_diversity_weight, settings.low_fidelity_free_steps, settings.free_max_steps) == (0, 0, 32)
     with pytest.raises(StudySpecError, match="evaluator.settings.free_max_steps: -1 is not allowed"):
         spec_from_dict({"study": "s", "evaluator": {"settings": {"free_max_steps": -1}}})
     with pytest.raises(StudySpecError, match="evaluator.settings.step_diversity_weight"):
