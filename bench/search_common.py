@@ -22,10 +22,12 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.ya
 
 def bench_spec(hardware: str, **overrides: Any) -> StudySpec:
     """The quickstart spec at low fidelity on ``hardware``, without front verification (the benches measure the
-    trials), with top-level fields replaced."""
+    trials) and with the quality reference the recorded hypervolumes used (proxy 1.0), with top-level
+    fields replaced."""
     spec = load_study_spec(QUICKSTART)
     evaluator = dataclasses.replace(spec.evaluator, fidelity="low")
-    return dataclasses.replace(spec, hardware=hardware, evaluator=evaluator, **{"verify_front": 0, **overrides})
+    return dataclasses.replace(spec, hardware=hardware, evaluator=evaluator,
+                               **{"verify_front": 0, "quality_reference": 1.0, **overrides})
 
 
 class MemoEvaluator(BaseEvaluator):

@@ -47,11 +47,36 @@ class StudyContext:
         cost = self.cost_model.cost(self.dense_plan(), self.hardware)
         return {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes)}
 
+    def harshest_plan(self) -> Plan | None:
+        """The space's most compressed uniform Plan: its fewest weight and activation bits, its largest
+        sparsity (unstructured where the space allows it) and its fewest steps; None when no uniform
+        Plan fits the space."""
+        space = self.spec.space
+        params = self.space.preset_params(self.space.weight_bits[0], self.space.act_bits[0],
+                                          max(space.sparsity.values()), steps=min(space.steps))
+        return None if params is None else self.space.plan_from_params(params)
+
+    def quality_reference(self) -> float:
+        """The quality that maps to 1 in the normalised hypervolume: the spec's ``quality_reference``, or
+        else :data:`REFERENCE_MARGIN` times the proxy score of :meth:`harshest_plan` (at the fidelity
+        the front is scored at), so every Plan of the space lies inside the box as the dense Plan
+        does for latency and memory; 1.0 where that Plan scores 0 or does not exist."""
+        if self.spec.quality_reference is not None:
+            return self.spec.quality_reference
+        plan = self.harshest_plan()
+        if plan is None or "quality" not in self.spec.objectives:
+            return 1.0
+        fidelity = "low" if self.spec.evaluator.fidelity == "low" else "full"
+        score = self.evaluator.evaluate(plan, fidelity).score
+        logger.info("quality reference %.4f: %.1f x the proxy score of the space's most compressed Plan",
+                    score * REFERENCE_MARGIN, REFERENCE_MARGIN)
+        return score * REFERENCE_MARGIN if score > 0 else 1.0
+
     def reference_point(self) -> dict[str, float]:
         """Per objective, the value that maps to 1 in the normalised hypervolume: the dense Plan's
-        cost times :data:`REFERENCE_MARGIN` (so the dense Plan itself adds volume) and the spec's
-        ``quality_reference``."""
-        return {"quality": self.spec.quality_reference,
+        cost times :data:`REFERENCE_MARGIN` (so the dense Plan itself adds volume) and
+        :meth:`quality_reference`."""
+        return {"quality": self.quality_reference(),
                 **{name: value * REFERENCE_MARGIN for name, value in self.dense_cost().items()}}
 
 

@@ -13,6 +13,8 @@ A minimal spec (every other field has a default)::
     recycle_after: 25                # 25 evaluations (memory stays flat); "none": in this process
     verify_front: 20                 # after the trials, re-score at most 20 front Plans with the full
     verify_settings: {draws: 2}      # evaluator (FullSettings overrides); 0: no verification
+    quality_reference: null          # the quality at the hypervolume's reference point; null: 1.1 x the
+                                     # proxy score of the space's most compressed Plan, measured once
 
 Loading reports every bad field at once (path, value, what is allowed) as one
 :class:`StudySpecError`; nothing is loaded or measured before the spec is valid.
@@ -117,7 +119,7 @@ class StudySpec:
     storage: str | None = None  # None: a journal file in the run folder
     seed: int = 0
     warm_start: bool = True
-    quality_reference: float = 1.0  # proxy score at the hypervolume's reference point
+    quality_reference: float | None = None  # proxy score at the hypervolume's reference point (None: measured)
     isolation: str = "process"  # process: model work in a child process, replaced every recycle_after evaluations
     recycle_after: int = 25
     verify_front: int = 20  # front Plans re-scored by the full evaluator after the trials (0: none)
@@ -259,7 +261,7 @@ def spec_from_dict(data: Any, source: str = "study spec") -> StudySpec:
             seconds = c.number(key, top[key])
             if seconds is not None:
                 values[key] = seconds
-    if "quality_reference" in top:
+    if top.get("quality_reference") is not None:
         ref = c.number("quality_reference", top["quality_reference"])
         if ref is not None:
             values["quality_reference"] = ref

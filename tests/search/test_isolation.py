@@ -36,7 +36,7 @@ def isolated_spec(**overrides: Any) -> Any:
 
 @pytest.mark.slow
 def test_fifty_trials_in_recycled_children_keep_the_parent_flat(tmp_path: Path) -> None:
-    spec = isolated_spec(n_trials=50, sampler="random")
+    spec = isolated_spec(n_trials=50, sampler="random", quality_reference=1.0)  # every evaluation is a trial's
     context = build_context(spec)
     evaluator = context.evaluator
     assert isinstance(evaluator, IsolatedEvaluator)

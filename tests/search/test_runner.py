@@ -205,7 +205,8 @@ def test_a_hanging_trial_is_stopped_by_the_time_limit(make_context: Make, tmp_pa
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    context = make_context(n_trials=3, warm_start=False, evaluator={"fidelity": "low"}, trial_timeout_s=2)
+    context = make_context(n_trials=3, warm_start=False, evaluator={"fidelity": "low"}, trial_timeout_s=2,
+                           quality_reference=1.0)  # no reference evaluation: the first call is the first trial's
     real = context.evaluator.evaluate
     calls = {"n": 0}
 
@@ -240,3 +241,23 @@ def test_the_bar_counts_feasible_plans_and_the_front(make_context: Make, tmp_pat
     complete = [t for t in summary.study.trials if t.state == TrialState.COMPLETE]
     last = re.findall(r"6/6 \[[^]]*feasible=(\d+), front=(\d+), hv=", terminal.getvalue())[-1]
     assert last == (str(sum(map(is_feasible, complete))), str(len(feasible_front(complete))))
+
+
+def test_the_quality_reference_is_measured_on_the_most_compressed_plan(make_context: Make, tmp_path: Path) -> None:
+    """Without a spec value, the hypervolume's quality reference is 1.1 x the proxy score of the space's
+    harshest uniform Plan, fixed when the study is created; a spec value is kept as given."""
+    context = make_context(sampler="random", warm_start=False)
+    harshest = context.harshest_plan()
+    assert harshest is not None and harshest.sampler.steps == min(context.spec.space.steps)
+    layers = harshest.layers.values()
+    assert all(lp.sparsity == context.spec.space.sparsity.max for lp in layers)
+    assert all(set(lp.weight_bits) == {min(context.spec.space.weight_bits)} for lp in layers)
+    study = run_study(context.spec, tmp_path / "measured", n_trials=2, context=context, progress=False,
+                      write_outputs=False).study
+    expected = 1.1 * context.evaluator.evaluate(harshest, "full").score
+    assert expected > 0
+    assert study.user_attrs["dlmsearch.reference"]["quality"] == pytest.approx(expected)
+    assert all(t.values[0] < study.user_attrs["dlmsearch.reference"]["quality"] for t in study.trials)
+    given = make_context(sampler="random", warm_start=False, quality_reference=0.25)
+    kept = run_study(given.spec, tmp_path / "given", n_trials=1, context=given, progress=False, write_outputs=False)
+    assert kept.study.user_attrs["dlmsearch.reference"]["quality"] == 0.25
