@@ -299,7 +299,7 @@ def hypervolume_figure(history: list[tuple[int, float]]) -> Any:
     """Normalised hypervolume of the feasible front after each trial."""
     go = _plotly()
     fig = go.Figure(go.Scatter(x=[n for n, _ in history], y=[v for _, v in history], mode="lines+markers"))
-    fig.update_layout(title="hypervolume of the feasible front (normalised, reference = dense model)",
+    fig.update_layout(title="hypervolume of the feasible front (normalised to the study's reference point)",
                       xaxis_title="trial", yaxis_title="hypervolume")
     return fig
 

@@ -47,27 +47,31 @@ class StudyContext:
         cost = self.cost_model.cost(self.dense_plan(), self.hardware)
         return {"latency_ms": cost.latency_ms, "peak_mem_bytes": float(cost.peak_mem_bytes)}
 
-    def harshest_plan(self) -> Plan | None:
-        """The space's most compressed uniform Plan: its fewest weight and activation bits, its largest
-        sparsity (unstructured where the space allows it) and its fewest steps; None when no uniform
-        Plan fits the space."""
+    def harshest_plans(self) -> list[Plan]:
+        """The space's most compressed uniform Plans: its fewest weight and activation bits, its largest
+        sparsity and its fewest steps, pruned unstructured and pruned by whole heads and channels where
+        the space has both (which hurts more depends on the model); empty when none fits the space."""
         space = self.spec.space
-        params = self.space.preset_params(self.space.weight_bits[0], self.space.act_bits[0],
-                                          max(space.sparsity.values()), steps=min(space.steps))
-        return None if params is None else self.space.plan_from_params(params)
+        found = []
+        for structured in (False, True):
+            params = self.space.preset_params(self.space.weight_bits[0], self.space.act_bits[0],
+                                              max(space.sparsity.values()), steps=min(space.steps),
+                                              structured=structured)
+            if params is not None and self.space.plan_from_params(params) not in found:
+                found.append(self.space.plan_from_params(params))
+        return found
 
     def quality_reference(self) -> float:
         """The quality that maps to 1 in the normalised hypervolume: the spec's ``quality_reference``, or
-        else :data:`REFERENCE_MARGIN` times the proxy score of :meth:`harshest_plan` (at the fidelity
-        the front is scored at), so every Plan of the space lies inside the box as the dense Plan
-        does for latency and memory; 1.0 where that Plan scores 0 or does not exist."""
+        else :data:`REFERENCE_MARGIN` times the worst proxy score of :meth:`harshest_plans` (at the
+        fidelity the front is scored at), so the space's Plans lie inside the box as they do for
+        latency and memory; 1.0 where those Plans score 0 or none exists."""
         if self.spec.quality_reference is not None:
             return self.spec.quality_reference
-        plan = self.harshest_plan()
-        if plan is None or "quality" not in self.spec.objectives:
+        if "quality" not in self.spec.objectives:
             return 1.0
         fidelity = "low" if self.spec.evaluator.fidelity == "low" else "full"
-        score = self.evaluator.evaluate(plan, fidelity).score
+        score = max((self.evaluator.evaluate(plan, fidelity).score for plan in self.harshest_plans()), default=0.0)
         logger.info("quality reference %.4f: %.1f x the proxy score of the space's most compressed Plan",
                     score * REFERENCE_MARGIN, REFERENCE_MARGIN)
         return score * REFERENCE_MARGIN if score > 0 else 1.0

@@ -187,9 +187,12 @@ class SearchSpace:
     # ------------------------------------------------------------ Plans -> params (warm starts)
 
     def preset_params(self, weight_bits: int | Mapping[str, int] = 16, act_bits: int = 16, sparsity: float = 0.0,
-                      steps: int | None = None, block_length: int | None = None) -> dict[str, Any] | None:
+                      steps: int | None = None, block_length: int | None = None,
+                      structured: bool = False) -> dict[str, Any] | None:
         """Parameters of a uniform setting (``weight_bits`` may map group name -> bits), or ``None``
-        when a value is outside the space (such a preset cannot be enqueued)."""
+        when a value is outside the space (such a preset cannot be enqueued). Each group prunes
+        unstructured where the space allows it, or with ``structured`` with its first structure that
+        removes whole heads or channels where it has one."""
         s = self.space
         per_group = weight_bits if isinstance(weight_bits, Mapping) else dict.fromkeys(
             (g.name for g in self.groups), weight_bits)
@@ -204,7 +207,9 @@ class SearchSpace:
             elif knob == "sparsity":
                 values[name] = sparsity
             elif knob == "structure" and isinstance(dist, CategoricalDistribution):
-                values[name] = "unstructured" if "unstructured" in dist.choices else dist.choices[0]
+                shaped = [c for c in dist.choices if c != "unstructured"]
+                values[name] = (shaped[0] if structured and shaped else
+                                "unstructured" if "unstructured" in dist.choices else dist.choices[0])
             elif knob.startswith("drop"):
                 values[name] = 0
             elif name == "prune_method":

@@ -23,6 +23,7 @@ from dlmsearch.search.context import StudyContext
 from dlmsearch.search.pareto import feasible_front, is_feasible
 from dlmsearch.search.results import export_plan, open_study, plan_of
 from dlmsearch.search.runner import RunInterrupted, StudyMismatchError, TrialValueError, checked_values
+from tests.search.conftest import TINY_SPEC
 
 Make = Callable[..., StudyContext]
 
@@ -246,15 +247,18 @@ def test_the_bar_counts_feasible_plans_and_the_front(make_context: Make, tmp_pat
 def test_the_quality_reference_is_measured_on_the_most_compressed_plan(make_context: Make, tmp_path: Path) -> None:
     """Without a spec value, the hypervolume's quality reference is 1.1 x the proxy score of the space's
     harshest uniform Plan, fixed when the study is created; a spec value is kept as given."""
-    context = make_context(sampler="random", warm_start=False)
-    harshest = context.harshest_plan()
-    assert harshest is not None and harshest.sampler.steps == min(context.spec.space.steps)
-    layers = harshest.layers.values()
-    assert all(lp.sparsity == context.spec.space.sparsity.max for lp in layers)
-    assert all(set(lp.weight_bits) == {min(context.spec.space.weight_bits)} for lp in layers)
+    context = make_context(sampler="random", warm_start=False,
+                           space={**TINY_SPEC["space"], "structures": ["unstructured", "heads", "channels"]})
+    harshest = context.harshest_plans()
+    assert [{lp.structure for lp in plan.layers.values()} for plan in harshest] == [
+        {"unstructured"}, {"heads", "channels"}]
+    for plan in harshest:
+        assert plan.sampler.steps == min(context.spec.space.steps)
+        assert all(set(lp.weight_bits) == {min(context.spec.space.weight_bits)} for lp in plan.layers.values())
+    assert all(lp.sparsity == context.spec.space.sparsity.max for lp in harshest[0].layers.values())
     study = run_study(context.spec, tmp_path / "measured", n_trials=2, context=context, progress=False,
                       write_outputs=False).study
-    expected = 1.1 * context.evaluator.evaluate(harshest, "full").score
+    expected = 1.1 * max(context.evaluator.evaluate(plan, "full").score for plan in harshest)
     assert expected > 0
     assert study.user_attrs["dlmsearch.reference"]["quality"] == pytest.approx(expected)
     assert all(t.values[0] < study.user_attrs["dlmsearch.reference"]["quality"] for t in study.trials)
