@@ -57,8 +57,9 @@ class StudyContext:
             params = self.space.preset_params(self.space.weight_bits[0], self.space.act_bits[0],
                                               max(space.sparsity.values()), steps=min(space.steps),
                                               structured=structured)
-            if params is not None and self.space.plan_from_params(params) not in found:
-                found.append(self.space.plan_from_params(params))
+            plan = None if params is None else self.space.plan_from_params(params)
+            if plan is not None and plan not in found:
+                found.append(plan)
         return found
 
     def quality_reference(self) -> float:
