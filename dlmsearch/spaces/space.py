@@ -208,8 +208,10 @@ class SearchSpace:
                 values[name] = sparsity
             elif knob == "structure" and isinstance(dist, CategoricalDistribution):
                 shaped = [c for c in dist.choices if c != "unstructured"]
-                values[name] = (shaped[0] if structured and shaped else
-                                "unstructured" if "unstructured" in dist.choices else dist.choices[0])
+                if structured and shaped:
+                    values[name] = shaped[0]
+                else:
+                    values[name] = "unstructured" if "unstructured" in dist.choices else dist.choices[0]
             elif knob.startswith("drop"):
                 values[name] = 0
             elif name == "prune_method":
