@@ -143,13 +143,14 @@ def verify_front(study: optuna.Study, make_evaluator: Callable[[], BaseEvaluator
                 try:
                     evaluator = evaluator or make_evaluator()
                     result = _verify(evaluator, trial, settings)
+                    # stored before the claim goes: a worker claiming it next then finds the result
+                    study.set_user_attr(f"{VERIFIED_PREFIX}{trial.number}", result.to_json())
                 except Exception as exc:  # the trials are stored: a failed verification must not lose them
                     logger.warning("trial %d not verified: %s: %s", trial.number, type(exc).__name__, exc)
                     failed.append(trial.number)
                     continue
                 finally:
                     _release(study, claim)
-                study.set_user_attr(f"{VERIFIED_PREFIX}{trial.number}", result.to_json())
                 scored += 1
                 bar.update(1)
             pending = waiting

@@ -170,3 +170,21 @@ def test_a_dead_workers_claim_is_taken_over(study: optuna.Study) -> None:
     summary = verify_front(study, lambda: evaluator, limit=20, progress=False)
     assert 3 in evaluator.calls and summary.scored == 5
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["verify"]
+
+
+def test_a_result_is_stored_before_its_claim_is_released(study: optuna.Study,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that claims a Plan just after another released it must find the result (no double work)."""
+    from dlmsearch.search import verification
+
+    stored_at_release = []
+    real_release = verification._release
+
+    def release(claimed_study: optuna.Study, claim: int) -> None:
+        number = int(claimed_study._storage.get_study_name_from_id(claim).rpartition(".")[2])
+        stored_at_release.append(f"{VERIFIED_PREFIX}{number}" in claimed_study.user_attrs)
+        real_release(claimed_study, claim)
+
+    monkeypatch.setattr(verification, "_release", release)
+    summary = verify_front(study, ScriptedEvaluator, limit=20, progress=False)
+    assert summary.scored == 5 and stored_at_release == [True] * 5
